@@ -1,0 +1,43 @@
+# digitlab: `make run` (the main job) and `make test` (the checks). Both create .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATASET ?= mnist
+OUT ?= runs/data-$(DATASET)
+
+# Tests and CI read the exact MNIST files from ../shared/data when the checkout has it.
+SHARED_DATA := $(abspath ../shared/data)
+ifneq ($(wildcard $(SHARED_DATA)),)
+export DIGITLAB_DATA_DIR ?= $(SHARED_DATA)
+endif
+
+.PHONY: run test lint venv bench clean
+
+# Reinstall whenever the dependencies change. torch is pinned by constraints.txt: an unpinned
+# torch would pull gigabytes of CUDA packages.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/digitlab data fetch --dataset $(DATASET)
+	$(BIN)/digitlab data check --dataset $(DATASET)
+	$(BIN)/digitlab data explore --dataset $(DATASET) --out $(OUT)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_batching.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

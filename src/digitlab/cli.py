@@ -1,0 +1,185 @@
+"""The ``digitlab`` command: parse, call one library function, print.
+
+Usage: ``digitlab data check --dataset mnist``; ``digitlab --help``.
+
+Expected failures (a ``DigitlabError`` or a bad option) print one line on stderr and exit 2,
+never a traceback.
+"""
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from typer.core import TyperGroup
+
+from digitlab import __version__
+from digitlab.core.errors import DigitlabError
+from digitlab.data.check import check_dataset
+from digitlab.data.datasets import get_dataset, list_datasets
+from digitlab.data.explore import explore_dataset
+from digitlab.data.loading import load_dataset
+from digitlab.data.sources import fetch_dataset
+
+EXIT_USAGE = 2
+out = Console()
+err = Console(stderr=True)
+
+
+class _Group(TyperGroup):
+    """Turns expected failures into one line on stderr and exit code 2, for every subcommand."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as e:  # bad option, missing argument, bad value
+            _fail(e.format_message(), EXIT_USAGE)
+        except DigitlabError as e:
+            _fail(str(e), EXIT_USAGE)
+        except typer.Abort:
+            _fail("aborted", 130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"digitlab: error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="digitlab",
+    help="Handwritten digit recognition: data, training, evaluation, export, serving.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Fetch, check and explore datasets.")
+app.add_typer(data_app, name="data")
+
+
+def _help_when_bare(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"digitlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True)
+    ] = False,
+) -> None:
+    """Handwritten digit recognition: data, training, evaluation, export, serving."""
+    _help_when_bare(ctx)
+
+
+@data_app.callback(invoke_without_command=True)
+def _data(ctx: typer.Context) -> None:
+    """Fetch, check and explore datasets."""
+    _help_when_bare(ctx)
+
+
+DatasetOpt = Annotated[
+    str, typer.Option("--dataset", "-d", help=f"Dataset name ({', '.join(list_datasets())}).")
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Folder holding the files (or a <dataset> subfolder), searched first."),
+]
+
+
+@data_app.command("fetch")
+def data_fetch(
+    dataset: DatasetOpt = "mnist",
+    data_dir: DataDirOpt = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Do not download; fail if missing.")] = False,
+) -> None:
+    """Find or download a dataset, verify every file, and say where each came from."""
+    spec = get_dataset(dataset)
+    found = fetch_dataset(spec, data_dir, download=not offline, show_progress=True)
+    table = Table(title=f"{spec.name}: every file verified (SHA-256 of the uncompressed bytes)")
+    table.add_column("file")
+    table.add_column("source")
+    table.add_column("path", overflow="fold")
+    for role, f in found.items():
+        table.add_row(spec.files[role].filename, f.source, str(f.path))
+    out.print(table)
+
+
+def _print_check_report(report: Any) -> None:
+    style = {"pass": "green", "warn": "yellow", "fail": "bold red"}
+    table = Table(title=f"{report.dataset}: integrity checks")
+    table.add_column("check")
+    table.add_column("status")
+    table.add_column("result", overflow="fold")
+    for c in report.checks:
+        table.add_row(c.name, f"[{style[c.status]}]{c.status}[/]", c.summary)
+    out.print(table)
+
+    balance = next(c for c in report.checks if c.name == "class balance").details
+    spec = get_dataset(report.dataset)
+    classes = Table(title="class balance")
+    classes.add_column("class")
+    for split in ("train", "test"):
+        classes.add_column(f"{split} n", justify="right")
+        classes.add_column(f"{split} %", justify="right")
+    for k, name in enumerate(spec.class_names):
+        row = [name]
+        for split in ("train", "test"):
+            row += [f"{balance[split]['counts'][k]:,}", f"{balance[split]['percent'][k]:.2f}"]
+        classes.add_row(*row)
+    out.print(classes)
+    verdict = "[green]all checks passed[/]" if report.ok else "[bold red]some checks failed[/]"
+    out.print(verdict)
+
+
+@data_app.command("check")
+def data_check(
+    dataset: DatasetOpt = "mnist",
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Integrity checks: counts, labels, class balance, blanks, duplicates, leakage, pixel range.
+
+    Exit code 1 when a check fails.
+    """
+    report = check_dataset(load_dataset(dataset, data_dir, validate=False, show_progress=True))
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        _print_check_report(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@data_app.command("explore")
+def data_explore(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the figures and summary.json.")],
+    dataset: DatasetOpt = "mnist",
+    data_dir: DataDirOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed for the sampled images.")] = 0,
+) -> None:
+    """Exploration figures (samples, class distribution, mean images, pixel histogram, ink, PCA)."""
+    summary = explore_dataset(load_dataset(dataset, data_dir, show_progress=True), out_dir, seed=seed)
+    out.print(f"[bold]{summary['dataset']}[/]: figures and summary.json written to {out_dir}/")
+    for path in summary["figures"].values():
+        out.print(f"  {path}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""In-memory batching over a uint8 image tensor: no per-sample Python, no PIL.
+
+Usage::
+
+    loader = BatchLoader(images, labels, spec, batch_size=256, shuffle=True, seed=0)
+    for x, y in loader:            # x: (B, 1, 28, 28) float32 normalised, y: (B,) int64
+        ...
+
+Each epoch draws a fresh permutation from ``seed + epoch`` (so any epoch can be replayed), slices
+batches from it, and converts and normalises one batch at a time on the target device.
+"""
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from digitlab.data.errors import DataError
+from digitlab.data.preprocess import PreprocessSpec
+
+
+class BatchLoader:
+    """Seeded, shuffled, normalised batches from uint8 images held in memory.
+
+    Args:
+        images: ``(N, H, W)`` uint8, numpy or torch (shared, not copied, when already on ``device``).
+        labels: ``(N,)`` integer labels.
+        spec: the preprocessing spec that normalises each batch.
+        batch_size: images per batch.
+        shuffle: draw a new permutation each epoch; else keep the stored order.
+        seed: base seed; epoch ``e`` uses ``seed + e``.
+        drop_last: skip the final short batch.
+        device: where batches are produced (the whole uint8 set is moved there once).
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray | torch.Tensor,
+        labels: np.ndarray | torch.Tensor,
+        spec: PreprocessSpec,
+        *,
+        batch_size: int = 256,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if batch_size < 1:
+            raise DataError(f"batch size must be at least 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.images = torch.as_tensor(images).to(self.device)
+        self.labels = torch.as_tensor(labels).to(self.device, dtype=torch.int64)
+        if self.images.dtype != torch.uint8:
+            raise DataError(f"BatchLoader expects uint8 images, got {self.images.dtype}")
+        if len(self.images) != len(self.labels):
+            raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
+        self.spec = spec
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.images)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration use epoch ``epoch``'s permutation (to resume or replay)."""
+        self.epoch = epoch
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The sample order of ``epoch``: a permutation seeded by ``seed + epoch``, or identity."""
+        n = len(self.images)
+        if not self.shuffle:
+            return torch.arange(n, device=self.device)
+        gen = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(n, generator=gen).to(self.device)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.order(self.epoch)
+        self.epoch += 1
+        n_used = len(self) * self.batch_size if self.drop_last else len(order)
+        for start in range(0, n_used, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield self.spec.normalize(self.images.index_select(0, idx)), self.labels.index_select(0, idx)

@@ -1,0 +1,219 @@
+"""Integrity checks of a loaded dataset: what ``digitlab data check`` reports.
+
+Usage::
+
+    report = check_dataset(load_dataset("mnist", validate=False))
+    report.ok                  # False when any check failed
+    report.to_dict()           # the JSON form
+
+Checks: counts and shapes against the spec, label range, class balance per split, blank or
+near-blank images, exact duplicates within each split, exact duplicates between train and
+test (leakage), and the pixel value range. Duplicates are found by sorting the raw bytes of
+every image (one vectorised ``np.unique`` per split), not by a Python loop.
+"""
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from digitlab.data.loading import SPLITS, Dataset
+
+Status = Literal["pass", "warn", "fail"]
+
+# An image is near-blank when fewer than this many pixels are at least INK_LEVEL bright.
+NEAR_BLANK_MIN_INK_PIXELS = 10
+INK_LEVEL = 64
+# Class balance warns when the smallest class is under this fraction of the largest.
+BALANCE_MIN_RATIO = 0.5
+_MAX_LISTED = 10
+
+
+@dataclass
+class CheckResult:
+    """One check: its name, verdict, a one-line summary and the numbers behind it."""
+
+    name: str
+    status: Status
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CheckReport:
+    """Every check of one dataset."""
+
+    dataset: str
+    checks: list[CheckResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status != "fail" for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+
+
+def _row_keys(images: np.ndarray) -> np.ndarray:
+    """One opaque fixed-size key per image (its raw bytes), comparable and sortable."""
+    flat = np.ascontiguousarray(images.reshape(len(images), -1))
+    return flat.view(np.dtype((np.void, flat.shape[1] * flat.dtype.itemsize))).ravel()
+
+
+def find_duplicates(images: np.ndarray) -> list[list[int]]:
+    """Groups of indices of byte-identical images (groups of two or more), smallest index first."""
+    if len(images) == 0:
+        return []
+    _, inverse, counts = np.unique(_row_keys(images), return_inverse=True, return_counts=True)
+    dup_groups = np.flatnonzero(counts > 1)
+    if dup_groups.size == 0:
+        return []
+    order = np.argsort(inverse, kind="stable")
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    return [order[starts[g] : starts[g] + counts[g]].tolist() for g in dup_groups]
+
+
+def find_leaks(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """Indices of test images byte-identical to some training image."""
+    if len(train) == 0 or len(test) == 0:
+        return np.empty(0, dtype=np.int64)
+    return np.flatnonzero(np.isin(_row_keys(test), _row_keys(train)))
+
+
+def ink_pixel_counts(images: np.ndarray) -> np.ndarray:
+    """Per image, the number of pixels at least ``INK_LEVEL`` bright."""
+    return (images.reshape(len(images), -1) >= INK_LEVEL).sum(axis=1)
+
+
+def _check_shapes(ds: Dataset) -> CheckResult:
+    problems, details = [], {}
+    for role, fspec in ds.spec.files.items():
+        shape = tuple(getattr(ds, role).shape)
+        details[role] = {"shape": list(shape), "expected": list(fspec.shape)}
+        if shape != fspec.shape:
+            problems.append(f"{fspec.filename} is {'x'.join(map(str, shape))}, expected "
+                            f"{'x'.join(map(str, fspec.shape))}")
+    for split in SPLITS:
+        n_img, n_lab = len(getattr(ds, f"{split}_images")), len(getattr(ds, f"{split}_labels"))
+        if n_img != n_lab:
+            problems.append(f"{split}: {n_img} images but {n_lab} labels")
+    if problems:
+        return CheckResult("counts and shapes", "fail", "; ".join(problems), details)
+    n = {s: len(getattr(ds, f"{s}_labels")) for s in SPLITS}
+    return CheckResult("counts and shapes", "pass",
+                       f"train {n['train']}, test {n['test']}, images "
+                       f"{'x'.join(map(str, ds.train_images.shape[1:]))}", details)
+
+
+def _check_labels(ds: Dataset) -> CheckResult:
+    k = ds.spec.n_classes
+    details, problems = {}, []
+    for split in SPLITS:
+        labels = getattr(ds, f"{split}_labels")
+        bad = np.flatnonzero((labels < 0) | (labels >= k))
+        details[split] = {
+            "min": int(labels.min()) if labels.size else None,
+            "max": int(labels.max()) if labels.size else None,
+            "n_out_of_range": int(bad.size),
+            "first_out_of_range": bad[:_MAX_LISTED].tolist(),
+        }
+        if bad.size:
+            problems.append(f"{split}: {bad.size} labels outside 0..{k - 1} (first at index {bad[0]}: "
+                            f"{labels[bad[0]]})")
+    if problems:
+        return CheckResult("label range", "fail", "; ".join(problems), details)
+    return CheckResult("label range", "pass", f"all labels in 0..{k - 1}", details)
+
+
+def class_counts(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Count of each label value in ``0 .. n_classes - 1`` (out-of-range labels ignored)."""
+    ok = labels[(labels >= 0) & (labels < n_classes)]
+    return np.bincount(ok.astype(np.int64), minlength=n_classes)
+
+
+def _check_balance(ds: Dataset) -> CheckResult:
+    details, worst = {}, 1.0
+    for split in SPLITS:
+        counts = class_counts(getattr(ds, f"{split}_labels"), ds.spec.n_classes)
+        total = max(int(counts.sum()), 1)
+        ratio = float(counts.min() / counts.max()) if counts.max() else 0.0
+        worst = min(worst, ratio)
+        details[split] = {
+            "counts": counts.tolist(),
+            "percent": [round(100 * c / total, 2) for c in counts.tolist()],
+            "min_max_ratio": round(ratio, 4),
+        }
+    status: Status = "pass" if worst >= BALANCE_MIN_RATIO else "warn"
+    summary = f"smallest class / largest class >= {worst:.2f} in every split"
+    return CheckResult("class balance", status, summary, details)
+
+
+def _check_blank(ds: Dataset) -> CheckResult:
+    details, total = {}, 0
+    for split in SPLITS:
+        ink = ink_pixel_counts(getattr(ds, f"{split}_images"))
+        blank = np.flatnonzero(ink < NEAR_BLANK_MIN_INK_PIXELS)
+        total += blank.size
+        details[split] = {
+            "n_near_blank": int(blank.size),
+            "n_all_zero": int((getattr(ds, f"{split}_images").reshape(len(ink), -1).max(axis=1) == 0).sum())
+            if len(ink) else 0,
+            "indices": blank[:_MAX_LISTED].tolist(),
+            "min_ink_pixels": int(ink.min()) if ink.size else None,
+        }
+    rule = f"fewer than {NEAR_BLANK_MIN_INK_PIXELS} pixels >= {INK_LEVEL}"
+    status: Status = "warn" if total else "pass"
+    summary = (f"{details['train']['n_near_blank']} train, {details['test']['n_near_blank']} test "
+               f"near-blank images ({rule})")
+    return CheckResult("blank images", status, summary, details)
+
+
+def _check_duplicates(ds: Dataset) -> CheckResult:
+    details, parts, total = {}, [], 0
+    for split in SPLITS:
+        groups = find_duplicates(getattr(ds, f"{split}_images"))
+        n_extra = sum(len(g) - 1 for g in groups)  # copies beyond the first of each group
+        total += n_extra
+        details[split] = {"n_groups": len(groups), "n_redundant": n_extra, "groups": groups[:_MAX_LISTED]}
+        parts.append(f"{split}: {n_extra} redundant copies in {len(groups)} groups")
+    return CheckResult("duplicates within splits", "warn" if total else "pass", "; ".join(parts), details)
+
+
+def _check_leakage(ds: Dataset) -> CheckResult:
+    leaks = find_leaks(ds.train_images, ds.test_images)
+    details = {"n_test_in_train": int(leaks.size), "test_indices": leaks[:_MAX_LISTED].tolist()}
+    status: Status = "fail" if leaks.size else "pass"
+    return CheckResult("train/test leakage", status,
+                       f"{leaks.size} test images also appear in train", details)
+
+
+def _check_pixels(ds: Dataset) -> CheckResult:
+    details, problems = {}, []
+    for split in SPLITS:
+        x = getattr(ds, f"{split}_images")
+        lo, hi = (int(x.min()), int(x.max())) if x.size else (0, 0)
+        details[split] = {"dtype": str(x.dtype), "min": lo, "max": hi,
+                          "mean": round(float(x.mean()), 3) if x.size else None}
+        if x.dtype != np.uint8:
+            problems.append(f"{split}: dtype {x.dtype}, expected uint8")
+        elif x.size and lo == hi:
+            problems.append(f"{split}: every pixel is {lo}")
+    if problems:
+        return CheckResult("pixel range", "fail", "; ".join(problems), details)
+    return CheckResult("pixel range", "pass",
+                       f"train {details['train']['min']}..{details['train']['max']}, "
+                       f"test {details['test']['min']}..{details['test']['max']} (uint8)", details)
+
+
+def check_dataset(ds: Dataset) -> CheckReport:
+    """Run every integrity check on ``ds`` (load it with ``validate=False`` to see all problems)."""
+    checks = [
+        _check_shapes(ds),
+        _check_labels(ds),
+        _check_balance(ds),
+        _check_blank(ds),
+        _check_duplicates(ds),
+        _check_leakage(ds),
+        _check_pixels(ds),
+    ]
+    return CheckReport(ds.spec.name, checks)

@@ -1,0 +1,271 @@
+"""Exploration figures and the numbers behind them: what to look at before training.
+
+Usage::
+
+    summary = explore_dataset(load_dataset("mnist"), out_dir)   # PNGs + summary.json in out_dir
+
+Figures: a sample grid (a row per class), the class distribution (train vs test), the mean image
+of each class, the pixel intensity histogram, per-class ink statistics (ink area, stroke
+thickness, bounding box) and a 2-D PCA scatter of a sample. Every statistic is computed on whole
+arrays at once.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+
+from digitlab.core.fileio import atomic_path, atomic_write_text  # noqa: E402
+from digitlab.data.check import class_counts  # noqa: E402
+from digitlab.data.loading import Dataset  # noqa: E402
+
+# A pixel counts as ink at half intensity or more (MNIST strokes are anti-aliased at the edges).
+INK_THRESHOLD = 128
+N_SAMPLES_PER_CLASS = 12
+N_PCA_SAMPLES = 3000
+DPI = 110
+
+
+def ink_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-image ink area, stroke thickness and bounding box, all vectorised.
+
+    Args:
+        images: ``(N, H, W)`` uint8.
+
+    Returns:
+        ``area`` (ink pixels), ``thickness`` (2 * area / perimeter, in px: the width of a long
+        stroke), ``bbox_height`` and ``bbox_width`` (px, 0 for an empty image); each ``(N,)``.
+    """
+    ink = images >= INK_THRESHOLD  # (N, H, W) bool
+    area = ink.sum(axis=(1, 2))
+    padded = np.pad(ink, ((0, 0), (1, 1), (1, 1)))
+    # Perimeter: ink/background edges between 4-neighbours, the frame counting as background.
+    perimeter = (padded[:, 1:, :] != padded[:, :-1, :]).sum(axis=(1, 2)) + (
+        padded[:, :, 1:] != padded[:, :, :-1]
+    ).sum(axis=(1, 2))
+    thickness = np.divide(2 * area, perimeter, out=np.zeros(len(area)), where=perimeter > 0)
+
+    def extent(any_ink: np.ndarray) -> np.ndarray:  # (N, L) bool -> (N,) length of the ink span
+        first = any_ink.argmax(axis=1)
+        last = any_ink.shape[1] - 1 - any_ink[:, ::-1].argmax(axis=1)
+        return np.where(any_ink.any(axis=1), last - first + 1, 0)
+
+    return {
+        "area": area,
+        "thickness": thickness,
+        "bbox_height": extent(ink.any(axis=2)),
+        "bbox_width": extent(ink.any(axis=1)),
+    }
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _plot_samples(ds: Dataset, rng: np.random.Generator, path: Path) -> None:
+    k, n = ds.spec.n_classes, N_SAMPLES_PER_CLASS
+    fig, axes = plt.subplots(k, n, figsize=(n * 0.75 + 1.2, k * 0.75 + 0.6))
+    for c in range(k):
+        idx = np.flatnonzero(ds.train_labels == c)
+        pick = rng.choice(idx, size=min(n, idx.size), replace=False) if idx.size else []
+        for j in range(n):
+            ax = axes[c, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if j < len(pick):
+                ax.imshow(ds.train_images[pick[j]], cmap="gray", vmin=0, vmax=255)
+        axes[c, 0].set_ylabel(ds.spec.class_names[c], rotation=0, ha="right", va="center", fontsize=10)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05, top=0.95)
+    fig.suptitle(f"{ds.spec.name}: random training images, one row per class", fontsize=12, y=0.985)
+    _save(fig, path)
+
+
+def _plot_distribution(ds: Dataset, counts: dict[str, np.ndarray], path: Path) -> None:
+    k = ds.spec.n_classes
+    x = np.arange(k)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for offset, split, color in ((-0.2, "train", "tab:blue"), (0.2, "test", "tab:orange")):
+        pct = 100 * counts[split] / max(counts[split].sum(), 1)
+        bars = ax.bar(x + offset, pct, width=0.4, color=color,
+                      label=f"{split} (n={int(counts[split].sum()):,})")
+        ax.bar_label(bars, labels=[f"{c:,}" for c in counts[split]], fontsize=7, rotation=90, padding=2)
+    ax.axhline(100 / k, color="gray", linestyle="--", linewidth=1, label="uniform")
+    ax.set_xticks(x, ds.spec.class_names, rotation=30 if max(map(len, ds.spec.class_names)) > 3 else 0)
+    ax.set_xlabel("class")
+    ax.set_ylabel("share of split (%)  [bar labels: image count]")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.15)
+    ax.set_title(f"{ds.spec.name}: class distribution, train vs test")
+    ax.legend(loc="lower right", fontsize=8)
+    _save(fig, path)
+
+
+def _plot_means(ds: Dataset, means: np.ndarray, path: Path) -> None:
+    k = ds.spec.n_classes
+    cols = 5
+    rows = -(-k // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.8, rows * 2.0))
+    image = None
+    for c, ax in enumerate(np.atleast_1d(axes).ravel()):
+        ax.axis("off")
+        if c < k:
+            image = ax.imshow(means[c], cmap="magma", vmin=0, vmax=255)
+            ax.set_title(ds.spec.class_names[c], fontsize=10)
+    fig.colorbar(image, ax=axes, shrink=0.8, label="mean pixel value")
+    fig.suptitle(f"{ds.spec.name}: mean training image per class", fontsize=11)
+    _save(fig, path)
+
+
+def _plot_histogram(ds: Dataset, hists: dict[str, np.ndarray], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    # Train as a filled area, test as a line on top: the two nearly coincide on MNIST.
+    for split, color in (("train", "tab:blue"), ("test", "tab:orange")):
+        share = 100 * hists[split] / max(hists[split].sum(), 1)
+        if split == "train":
+            ax.fill_between(np.arange(256), share, step="mid", color=color, alpha=0.35, label=split)
+        else:
+            ax.step(np.arange(256), share, where="mid", color=color, linewidth=1, label=split)
+    ax.set_yscale("log")
+    ax.set_xlim(-2, 257)
+    ax.set_xlabel("pixel value (0 = background, 255 = full ink)")
+    ax.set_ylabel("share of pixels (%, log scale)")
+    zero = {s: 100 * hists[s][0] / max(hists[s].sum(), 1) for s in hists}
+    ax.set_title(f"{ds.spec.name}: pixel intensity histogram ({zero['train']:.1f}% of train pixels are 0)")
+    ax.legend()
+    ax.grid(True, which="major", alpha=0.3)
+    _save(fig, path)
+
+
+def _plot_ink(ds: Dataset, stats: dict[str, np.ndarray], path: Path) -> None:
+    panels = [
+        ("area", f"ink area (pixels >= {INK_THRESHOLD})"),
+        ("thickness", "stroke thickness (px)"),
+        ("bbox_height", "bounding box height (px)"),
+        ("bbox_width", "bounding box width (px)"),
+    ]
+    k = ds.spec.n_classes
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7.5))
+    for ax, (key, label) in zip(axes.ravel(), panels, strict=True):
+        data = [stats[key][ds.train_labels == c] for c in range(k)]
+        ax.boxplot(data, showfliers=False, medianprops={"color": "tab:red"})
+        ax.set_xticks(range(1, k + 1), ds.spec.class_names,
+                      rotation=30 if max(map(len, ds.spec.class_names)) > 3 else 0)
+        ax.set_xlabel("class")
+        ax.set_ylabel(label)
+        ax.set_title(label, fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(f"{ds.spec.name}: per-class ink statistics, training split "
+                 "(box: quartiles, whiskers: 1.5 IQR, red: median)", fontsize=11)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _plot_pca(ds: Dataset, coords: np.ndarray, labels: np.ndarray, evr: np.ndarray, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 7))
+    cmap = plt.get_cmap("tab10")
+    for c in range(ds.spec.n_classes):
+        m = labels == c
+        ax.scatter(coords[m, 0], coords[m, 1], s=5, alpha=0.6, color=cmap(c % 10),
+                   label=ds.spec.class_names[c], rasterized=True)
+    ax.set_xlabel(f"PC 1 ({100 * evr[0]:.1f}% of variance)")
+    ax.set_ylabel(f"PC 2 ({100 * evr[1]:.1f}% of variance)")
+    ax.set_title(f"{ds.spec.name}: PCA of {len(labels):,} random training images")
+    ax.legend(markerscale=4, fontsize=8, title="class", loc="best", framealpha=0.8)
+    _save(fig, path)
+
+
+def _describe(values: np.ndarray) -> dict[str, float]:
+    if values.size == 0:
+        return {"mean": 0.0, "std": 0.0, "median": 0.0, "p5": 0.0, "p95": 0.0}
+    p5, med, p95 = np.percentile(values, [5, 50, 95])
+    return {"mean": round(float(values.mean()), 3), "std": round(float(values.std()), 3),
+            "median": round(float(med), 3), "p5": round(float(p5), 3), "p95": round(float(p95), 3)}
+
+
+def explore_dataset(ds: Dataset, out_dir: str | Path, *, seed: int = 0) -> dict[str, Any]:
+    """Write the exploration figures and ``summary.json`` into ``out_dir``.
+
+    Args:
+        ds: a loaded dataset.
+        out_dir: created if missing; files in it are replaced atomically.
+        seed: picks the sample images and the PCA sample.
+
+    Returns:
+        The summary (also written as ``summary.json``), including the figure paths.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    k = ds.spec.n_classes
+    names = ds.spec.class_names
+
+    counts = {s: class_counts(getattr(ds, f"{s}_labels"), k) for s in ("train", "test")}
+    hists = {s: np.bincount(getattr(ds, f"{s}_images").reshape(-1), minlength=256) for s in ("train", "test")}
+    # Per-class mean image: one matrix product of the one-hot labels with the flattened images.
+    onehot = np.eye(k, dtype=np.float32)[ds.train_labels]
+    sums = onehot.T @ ds.train_images.reshape(len(ds.train_images), -1).astype(np.float32)
+    means = (sums / np.maximum(counts["train"], 1)[:, None]).reshape(k, *ds.train_images.shape[1:])
+    ink = ink_statistics(ds.train_images)
+
+    n_pca = min(N_PCA_SAMPLES, len(ds.train_images))
+    pick = rng.choice(len(ds.train_images), size=n_pca, replace=False)
+    pca = PCA(n_components=2, random_state=seed)
+    coords = pca.fit_transform(ds.train_images[pick].reshape(n_pca, -1).astype(np.float32) / 255)
+
+    figures = {
+        "samples": "samples.png",
+        "class_distribution": "class_distribution.png",
+        "mean_images": "mean_images.png",
+        "pixel_histogram": "pixel_histogram.png",
+        "ink_statistics": "ink_statistics.png",
+        "pca": "pca.png",
+    }
+    _plot_samples(ds, rng, out / figures["samples"])
+    _plot_distribution(ds, counts, out / figures["class_distribution"])
+    _plot_means(ds, means, out / figures["mean_images"])
+    _plot_histogram(ds, hists, out / figures["pixel_histogram"])
+    _plot_ink(ds, ink, out / figures["ink_statistics"])
+    _plot_pca(ds, coords, ds.train_labels[pick], pca.explained_variance_ratio_, out / figures["pca"])
+
+    def pixel_summary(split: str) -> dict[str, float]:
+        h = hists[split].astype(np.float64)
+        v = np.arange(256, dtype=np.float64)
+        n = max(h.sum(), 1)
+        mean = (h * v).sum() / n
+        return {"mean": round(float(mean), 3), "std": round(float(np.sqrt((h * v * v).sum() / n - mean**2)), 3),
+                "fraction_zero": round(float(h[0] / n), 4),
+                "fraction_ink": round(float(h[INK_THRESHOLD:].sum() / n), 4)}
+
+    summary: dict[str, Any] = {
+        "dataset": ds.spec.name,
+        "description": ds.spec.description,
+        "image_shape": list(ds.train_images.shape[1:]),
+        "class_names": list(names),
+        "n_images": {s: int(counts[s].sum()) for s in counts},
+        "class_counts": {s: dict(zip(names, counts[s].tolist(), strict=True)) for s in counts},
+        "class_percent": {
+            s: dict(zip(names, np.round(100 * counts[s] / max(counts[s].sum(), 1), 2).tolist(), strict=True))
+            for s in counts
+        },
+        "pixels": {s: pixel_summary(s) for s in hists},
+        "ink_threshold": INK_THRESHOLD,
+        "ink_per_class": {
+            names[c]: {key: _describe(val[ds.train_labels == c]) for key, val in ink.items()} for c in range(k)
+        },
+        "ink_all": {key: _describe(val) for key, val in ink.items()},
+        "pca": {"n_samples": n_pca, "explained_variance_ratio": [round(float(r), 4)
+                                                                   for r in pca.explained_variance_ratio_]},
+        "seed": seed,
+        "figures": {key: str(out / name) for key, name in figures.items()},
+    }
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary

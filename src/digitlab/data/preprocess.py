@@ -1,0 +1,76 @@
+"""The preprocessing spec: how pixels become model inputs, saved with every model.
+
+Usage::
+
+    spec = compute_preprocess_spec(train_images)           # mean/std of the training split only
+    spec.to_json()  /  PreprocessSpec.from_json(text)      # round-trips exactly
+    x = spec.normalize(batch_uint8)                        # (B, 28, 28) uint8 -> (B, 1, 28, 28) float
+
+Training, evaluation, prediction, the ONNX export and the service all feed a model through one
+spec, so a model is never fed differently at inference than in training.
+"""
+
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from digitlab.data.errors import DataError
+
+# MNIST's own convention: a bright digit on a dark background, fitted into a 20x20 box with its
+# aspect kept and placed in the 28x28 frame by its centre of mass.
+MNIST_FIT_BOX = 20
+
+
+class PreprocessSpec(BaseModel):
+    """What a model expects and how a raw image is turned into it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_size: tuple[int, int] = (28, 28)
+    channels: int = 1
+    polarity: Literal["light-on-dark", "dark-on-light"] = "light-on-dark"
+    scale: float = Field(1 / 255, description="applied to raw uint8 pixels before normalising")
+    mean: float = Field(description="mean of scaled pixels over the training split")
+    std: float = Field(gt=0, description="std of scaled pixels over the training split")
+    fit_box: int = Field(MNIST_FIT_BOX, description="longest side of the ink after resizing, px")
+    center: Literal["mass", "box"] = "mass"
+    dataset: str | None = None
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PreprocessSpec":
+        return cls.model_validate_json(text)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W)`` or ``(B, 1, H, W)`` raw pixels -> ``(B, 1, H, W)`` float32, normalised."""
+        if images.dim() == 3:
+            images = images.unsqueeze(1)
+        # (x * scale - mean) / std as one multiply and one subtract.
+        a = self.scale / self.std
+        b = self.mean / self.std
+        return images.to(torch.float32).mul_(a).sub_(b)
+
+
+def compute_preprocess_spec(train_images: np.ndarray, *, dataset: str | None = None) -> PreprocessSpec:
+    """Mean and std of ``train_images`` (raw uint8) after scaling by 1/255.
+
+    Pass the training split only: statistics from validation or test data leak into the model.
+    Computed from the 256-bin histogram, so it is exact and makes no float copy of the data.
+
+    Raises:
+        DataError: the images are not uint8 or are empty.
+    """
+    x = np.asarray(train_images)
+    if x.dtype != np.uint8 or x.size == 0:
+        raise DataError(f"preprocessing statistics need non-empty uint8 images, got {x.dtype} {x.shape}")
+    hist = np.bincount(x.reshape(-1), minlength=256).astype(np.float64)
+    scale = 1 / 255
+    values = np.arange(256, dtype=np.float64) * scale
+    n = hist.sum()
+    mean = float((hist * values).sum() / n)
+    var = max(float((hist * values**2).sum() / n) - mean * mean, 0.0)
+    return PreprocessSpec(scale=scale, mean=mean, std=float(np.sqrt(var)) or 1.0, dataset=dataset)

