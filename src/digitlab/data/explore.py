@@ -17,13 +17,13 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.decomposition import PCA
 
-from digitlab.core.fileio import atomic_path, atomic_write_text  # noqa: E402
-from digitlab.data.check import class_counts  # noqa: E402
-from digitlab.data.loading import Dataset  # noqa: E402
+from digitlab.core.fileio import atomic_path, atomic_write_text
+from digitlab.data.check import class_counts
+from digitlab.data.loading import Dataset
 
 # A pixel counts as ink at half intensity or more (MNIST strokes are anti-aliased at the edges).
 INK_THRESHOLD = 128

@@ -237,9 +237,8 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray, *, compress: bool
         compress = path.suffix == ".gz"
     header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
     payload = np.ascontiguousarray(array, dtype=IDX_DTYPES[code])
-    with atomic_path(path) as tmp:
-        # mtime=0 keeps the bytes reproducible for equal arrays.
-        with (gzip.GzipFile(tmp, "wb", mtime=0) if compress else open(tmp, "wb")) as f:
-            f.write(header)
-            f.write(memoryview(payload.reshape(-1)).cast("B"))
+    # mtime=0 keeps the bytes reproducible for equal arrays.
+    with atomic_path(path) as tmp, (gzip.GzipFile(tmp, "wb", mtime=0) if compress else open(tmp, "wb")) as f:
+        f.write(header)
+        f.write(memoryview(payload.reshape(-1)).cast("B"))
     return path

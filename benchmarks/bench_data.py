@@ -1,0 +1,98 @@
+"""Data-layer benchmark: load + verify, integrity checks, exploration, and batch throughput on MNIST.
+
+Usage: ``.venv/bin/python benchmarks/bench_data.py [--repeats 5] [--out benchmarks/results/data.json]``
+(``make bench`` runs it). Needs MNIST where ``digitlab data fetch`` finds it. Each figure is the
+median of ``--repeats`` runs; the JSON keeps every run and names the machine.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from digitlab import __version__
+from digitlab.data import BatchLoader, check_dataset, compute_preprocess_spec, explore_dataset, load_dataset
+from digitlab.data.splits import split_train_val
+
+
+def machine() -> dict[str, object]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "digitlab": __version__,
+    }
+
+
+def timed(fn, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/data.json"))
+    args = parser.parse_args()
+
+    ds = load_dataset("mnist", download=False)
+    load_s = timed(lambda: load_dataset("mnist", download=False), args.repeats)
+    check_s = timed(lambda: check_dataset(ds), args.repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        explore_s = timed(lambda: explore_dataset(ds, tmp), max(1, args.repeats // 2))
+
+    train_idx, _ = split_train_val(ds.train_labels, n_val=5000, seed=0)
+    images, labels = ds.train_images[train_idx], ds.train_labels[train_idx]
+    spec = compute_preprocess_spec(images, dataset="mnist")
+    loader = BatchLoader(images, labels, spec, batch_size=args.batch_size, shuffle=True, seed=0)
+
+    def one_epoch() -> None:
+        checksum = 0.0
+        for x, _ in loader:
+            checksum += float(x[0, 0, 14, 14])  # touch every batch so nothing is skipped
+        assert checksum == checksum
+
+    one_epoch()  # warm-up
+    epoch_s = timed(one_epoch, args.repeats)
+    n = len(images)
+    result = {
+        "machine": machine(),
+        "command": f"python benchmarks/bench_data.py --repeats {args.repeats} --batch-size {args.batch_size}",
+        "load_and_verify_s": {"median": statistics.median(load_s), "runs": load_s},
+        "check_s": {"median": statistics.median(check_s), "runs": check_s},
+        "explore_s": {"median": statistics.median(explore_s), "runs": explore_s},
+        "batching": {
+            "n_images": n,
+            "batch_size": args.batch_size,
+            "epoch_s": {"median": statistics.median(epoch_s), "runs": epoch_s},
+            "images_per_s_median": n / statistics.median(epoch_s),
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Shared fixtures: hermetic settings and tiny synthetic datasets written by digitlab's own writer."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from digitlab.data.datasets import FILE_ROLES, DatasetSpec, IdxFileSpec
+from digitlab.data.idx import hash_uncompressed, write_idx
+
+MNIST_NAMES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+@pytest.fixture(autouse=True)
+def _hermetic(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own empty cache, and no download can leave this machine."""
+    monkeypatch.setenv("DIGITLAB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    # Port 9 (discard) on loopback refuses at once: a test that forgets to stub the network fails fast.
+    monkeypatch.setenv("DIGITLAB_MIRRORS", "http://127.0.0.1:9/")
+
+
+def make_arrays(n_train: int = 40, n_test: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random, distinct 28x28 'digits' (a bright blob each) with every class present."""
+    rng = np.random.default_rng(seed)
+
+    def images(n: int) -> np.ndarray:
+        x = np.zeros((n, 28, 28), dtype=np.uint8)
+        x[:, 4:24, 6:22] = rng.integers(0, 256, size=(n, 20, 16), dtype=np.uint8)
+        return x
+
+    return {
+        "train_images": images(n_train),
+        "train_labels": (np.arange(n_train) % 10).astype(np.uint8),
+        "test_images": images(n_test),
+        "test_labels": (np.arange(n_test) % 10).astype(np.uint8),
+    }
+
+
+def write_dataset(
+    folder: Path,
+    arrays: dict[str, np.ndarray],
+    *,
+    name: str = "tiny",
+    gz: bool = True,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+) -> DatasetSpec:
+    """Write ``arrays`` as IDX files into ``folder`` and return a spec that matches their hashes.
+
+    ``shapes`` overrides what the spec claims, to make a spec the files contradict.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for role in FILE_ROLES:
+        path = write_idx(folder / (MNIST_NAMES[role] + (".gz" if gz else "")), arrays[role])
+        shape = (shapes or {}).get(role, arrays[role].shape)
+        files[role] = IdxFileSpec(MNIST_NAMES[role], tuple(shape), hash_uncompressed(path))
+    return DatasetSpec(
+        name=name,
+        description="tiny synthetic test set",
+        files=files,
+        class_names=tuple(str(d) for d in range(10)),
+        system_dir=folder.parent / "no-system-dir",
+    )
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> tuple[DatasetSpec, Path]:
+    """A valid tiny dataset: (spec, folder holding its four .gz files)."""
+    folder = tmp_path / "tiny"
+    return write_dataset(folder, make_arrays()), folder
+
+
+def mnist_dir() -> Path | None:
+    """The real MNIST folder from $DIGITLAB_DATA_DIR, or None when it is not there."""
+    root = os.environ.get("DIGITLAB_DATA_DIR")
+    if root and (Path(root) / "mnist" / "train-images-idx3-ubyte.gz").exists():
+        return Path(root) / "mnist"
+    return None
+
+
+@pytest.fixture(scope="session")
+def mnist_dataset():
+    """The real MNIST, loaded once. Fails (not skips) under CI=true when the files are missing."""
+    if mnist_dir() is None:
+        message = "real MNIST not found: set DIGITLAB_DATA_DIR to a folder with mnist/ (make test does)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from digitlab.data.loading import load_dataset
+
+    return load_dataset("mnist", download=False)
