@@ -20,7 +20,6 @@ from digitlab import __version__
 from digitlab.core.errors import DigitlabError
 from digitlab.data.check import check_dataset
 from digitlab.data.datasets import get_dataset, list_datasets
-from digitlab.data.explore import explore_dataset
 from digitlab.data.loading import load_dataset
 from digitlab.data.sources import fetch_dataset
 
@@ -170,6 +169,8 @@ def data_explore(
     seed: Annotated[int, typer.Option(help="Seed for the sampled images.")] = 0,
 ) -> None:
     """Exploration figures (samples, class distribution, mean images, pixel histogram, ink, PCA)."""
+    from digitlab.data.explore import explore_dataset  # matplotlib and scikit-learn: load on demand
+
     summary = explore_dataset(load_dataset(dataset, data_dir, show_progress=True), out_dir, seed=seed)
     out.print(f"[bold]{summary['dataset']}[/]: figures and summary.json written to {out_dir}/")
     for path in summary["figures"].values():

@@ -1,38 +1,42 @@
 """Data layer: IDX files, dataset specs and sources, checks, exploration, splits, batching.
 
 Usage: ``ds = load_dataset("mnist")``; ``check_dataset(ds)``; ``explore_dataset(ds, "out/")``.
+
+Names are imported on first use (PEP 562), so ``digitlab --help`` does not pay for torch,
+matplotlib and scikit-learn.
 """
 
-from digitlab.data.batching import BatchLoader
-from digitlab.data.check import CheckReport, CheckResult, check_dataset
-from digitlab.data.datasets import DatasetSpec, IdxFileSpec, get_dataset, list_datasets, register_dataset
-from digitlab.data.errors import DataError
-from digitlab.data.explore import explore_dataset
-from digitlab.data.idx import read_idx, write_idx
-from digitlab.data.loading import Dataset, load_dataset
-from digitlab.data.preprocess import PreprocessSpec, compute_preprocess_spec
-from digitlab.data.sources import FoundFile, fetch_dataset
-from digitlab.data.splits import split_train_val
+import importlib
+from typing import Any
 
-__all__ = [
-    "BatchLoader",
-    "CheckReport",
-    "CheckResult",
-    "DataError",
-    "Dataset",
-    "DatasetSpec",
-    "FoundFile",
-    "IdxFileSpec",
-    "PreprocessSpec",
-    "check_dataset",
-    "compute_preprocess_spec",
-    "explore_dataset",
-    "fetch_dataset",
-    "get_dataset",
-    "list_datasets",
-    "load_dataset",
-    "read_idx",
-    "register_dataset",
-    "split_train_val",
-    "write_idx",
-]
+_EXPORTS = {
+    "BatchLoader": "batching",
+    "CheckReport": "check",
+    "CheckResult": "check",
+    "check_dataset": "check",
+    "DatasetSpec": "datasets",
+    "IdxFileSpec": "datasets",
+    "get_dataset": "datasets",
+    "list_datasets": "datasets",
+    "register_dataset": "datasets",
+    "DataError": "errors",
+    "explore_dataset": "explore",
+    "read_idx": "idx",
+    "write_idx": "idx",
+    "Dataset": "loading",
+    "load_dataset": "loading",
+    "PreprocessSpec": "preprocess",
+    "compute_preprocess_spec": "preprocess",
+    "FoundFile": "sources",
+    "fetch_dataset": "sources",
+    "split_train_val": "splits",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'digitlab.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"digitlab.data.{module}"), name)
