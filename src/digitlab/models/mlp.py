@@ -1,0 +1,44 @@
+"""Multi-layer perceptron on the flattened image.
+
+Usage: ``create_model("mlp", hidden_sizes=[256, 128])`` is the 784-256-128-10 network.
+"""
+
+import math
+
+from torch import Tensor, nn
+
+from digitlab.models.layers import Activation, make_activation
+from digitlab.models.registry import ModelConfig, register_model
+
+
+class MLPConfig(ModelConfig):
+    hidden_sizes: list[int] = [256, 128]
+    activation: Activation = "relu"
+    dropout: float = 0.0
+    batch_norm: bool = False
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: MLPConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = math.prod(cfg.input_size)
+        for hidden in cfg.hidden_sizes:
+            layers.append(nn.Linear(width, hidden, bias=not cfg.batch_norm))
+            if cfg.batch_norm:
+                layers.append(nn.BatchNorm1d(hidden))
+            layers.append(make_activation(cfg.activation))
+            if cfg.dropout > 0:
+                layers.append(nn.Dropout(cfg.dropout))
+            width = hidden
+        layers.append(nn.Linear(width, cfg.n_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, 1, H, W) -> (B, n_classes)
+        return self.net(x)
+
+
+@register_model("mlp", MLPConfig)
+def build_mlp(cfg: MLPConfig) -> MLP:
+    """Multi-layer perceptron: hidden sizes, activation, dropout, batch norm."""
+    return MLP(cfg)

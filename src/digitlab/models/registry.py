@@ -1,0 +1,123 @@
+"""The one model registry: ``create_model(name, **cfg)`` and ``list_models()``.
+
+Usage::
+
+    model = create_model("cnn", blocks=[{"filters": 32}, {"filters": 64}])
+    list_models("r*")            # ['random-forest', 'resnet', 'rnn']
+
+Each entry has a typed config (pydantic, unknown keys rejected) and a kind: ``torch`` models
+are ``nn.Module``s taking ``(B, 1, H, W)`` normalised inputs and returning ``(B, n_classes)``
+logits; ``classical`` models follow the scikit-learn estimator contract.
+"""
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from digitlab.core.errors import DigitlabError
+
+ModelKind = Literal["torch", "classical"]
+
+
+class ModelError(DigitlabError):
+    """An unknown model name or a bad model config."""
+
+
+class ModelConfig(BaseModel):
+    """Base of every model's config: unknown keys are errors, so a typo fails fast."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_size: tuple[int, int] = (28, 28)
+    n_classes: int = 10
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    kind: ModelKind
+    config_cls: type[ModelConfig]
+    build: Callable[[Any], Any]
+    summary: str
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, config_cls: type[ModelConfig], *, kind: ModelKind = "torch") -> Callable:
+    """Decorator registering ``build(config) -> model`` under ``name``; a duplicate name raises."""
+
+    def decorator(build: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        if name in _REGISTRY:
+            raise ModelError(f"model {name!r} is already registered")
+        summary = (build.__doc__ or "").strip().splitlines()[0] if build.__doc__ else ""
+        _REGISTRY[name] = ModelEntry(name, kind, config_cls, build, summary)
+        return build
+
+    return decorator
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered names, sorted, optionally filtered by a shell-style ``pattern``."""
+    _ensure_loaded()
+    names = sorted(_REGISTRY)
+    return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry of ``name``.
+
+    Raises:
+        ModelError: unknown name (the message lists the known ones).
+    """
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ModelError(f"unknown model {name!r}: choose one of {', '.join(sorted(_REGISTRY))}") from None
+
+
+def one_line_validation_error(e: ValidationError) -> str:
+    """A pydantic error as one line: ``field.path: message; ...``."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def make_config(name: str, **cfg: Any) -> ModelConfig:
+    """Validate ``cfg`` against ``name``'s config class.
+
+    Raises:
+        ModelError: unknown model, unknown key or bad value, in one line.
+    """
+    entry = get_entry(name)
+    try:
+        return entry.config_cls(**cfg)
+    except ValidationError as e:
+        raise ModelError(f"model {name!r}: bad config: {one_line_validation_error(e)}") from None
+
+
+def create_model(name: str, **cfg: Any) -> Any:
+    """Build model ``name`` from keyword config (defaults fill the rest).
+
+    Raises:
+        ModelError: unknown model, unknown config key or bad value.
+    """
+    return get_entry(name).build(make_config(name, **cfg))
+
+
+def count_parameters(model: Any) -> int:
+    """Trainable parameters of a torch model; for a classical model, its stored coefficients."""
+    if hasattr(model, "parameters"):
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return int(getattr(model, "n_parameters_", 0))
+
+
+def _ensure_loaded() -> None:
+    # The families register themselves on import; importing here keeps one way in.
+    from digitlab.models import classical, cnn, mlp, resnet, rnn  # noqa: F401

@@ -1,0 +1,48 @@
+"""Recurrent network that reads the image row by row (28 steps of 28 pixels).
+
+Usage: ``create_model("rnn", cell="lstm", hidden_size=128, num_layers=2, bidirectional=True)``.
+"""
+
+from typing import Literal
+
+from torch import Tensor, nn
+
+from digitlab.models.registry import ModelConfig, register_model
+
+_CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+
+
+class RNNConfig(ModelConfig):
+    cell: Literal["rnn", "gru", "lstm"] = "lstm"
+    hidden_size: int = 128
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
+    readout: Literal["last", "mean"] = "last"
+
+
+class RowRNN(nn.Module):
+    def __init__(self, cfg: RNNConfig) -> None:
+        super().__init__()
+        self.readout = cfg.readout
+        self.rnn = _CELLS[cfg.cell](
+            input_size=cfg.input_size[1],
+            hidden_size=cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            batch_first=True,
+            bidirectional=cfg.bidirectional,
+            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
+        )
+        self.head = nn.Linear(cfg.hidden_size * (2 if cfg.bidirectional else 1), cfg.n_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        seq = x.flatten(1, 2) if x.dim() == 4 else x  # (B, 1, H, W) -> (B, H, W): H steps of W pixels
+        out, _ = self.rnn(seq)  # (B, H, hidden * directions)
+        feat = out.mean(dim=1) if self.readout == "mean" else out[:, -1]
+        return self.head(feat)
+
+
+@register_model("rnn", RNNConfig)
+def build_rnn(cfg: RNNConfig) -> RowRNN:
+    """Row-by-row recurrent network: cell rnn/gru/lstm, layers, hidden size, bidirectional."""
+    return RowRNN(cfg)
