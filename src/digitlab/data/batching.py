@@ -10,7 +10,7 @@ Each epoch draws a fresh permutation from ``seed + epoch`` (so any epoch can be 
 batches from it, and converts and normalises one batch at a time on the target device.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ class BatchLoader:
         seed: base seed; epoch ``e`` uses ``seed + e``.
         drop_last: skip the final short batch.
         device: where batches are produced (the whole uint8 set is moved there once).
+        augment: optional batch transform applied in [0, 1] pixel units before normalisation.
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class BatchLoader:
         seed: int = 0,
         drop_last: bool = False,
         device: str | torch.device = "cpu",
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if batch_size < 1:
             raise DataError(f"batch size must be at least 1, got {batch_size}")
@@ -60,6 +62,7 @@ class BatchLoader:
         self.seed = seed
         self.drop_last = drop_last
         self.epoch = 0
+        self.augment = augment
 
     def __len__(self) -> int:
         n = len(self.images)
@@ -83,4 +86,9 @@ class BatchLoader:
         n_used = len(self) * self.batch_size if self.drop_last else len(order)
         for start in range(0, n_used, self.batch_size):
             idx = order[start : start + self.batch_size]
-            yield self.spec.normalize(self.images.index_select(0, idx)), self.labels.index_select(0, idx)
+            raw = self.images.index_select(0, idx)
+            if self.augment is None:
+                x = self.spec.normalize(raw)
+            else:
+                x = self.spec.standardize(self.augment(self.spec.to_unit(raw)))
+            yield x, self.labels.index_select(0, idx)

@@ -54,6 +54,16 @@ class PreprocessSpec(BaseModel):
         b = self.mean / self.std
         return images.to(torch.float32).mul_(a).sub_(b)
 
+    def to_unit(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw pixels -> ``(B, 1, H, W)`` float32 in [0, 1] (the space augmentation works in)."""
+        if images.dim() == 3:
+            images = images.unsqueeze(1)
+        return images.to(torch.float32).mul_(self.scale)
+
+    def standardize(self, x_unit: torch.Tensor) -> torch.Tensor:
+        """[0, 1] pixels -> normalised model input, in place."""
+        return x_unit.sub_(self.mean).div_(self.std)
+
 
 def compute_preprocess_spec(train_images: np.ndarray, *, dataset: str | None = None) -> PreprocessSpec:
     """Mean and std of ``train_images`` (raw uint8) after scaling by 1/255.

@@ -1,0 +1,58 @@
+"""Batch augmentation on tensors: per-sample random parameters, one vectorised call per op.
+
+Usage::
+
+    aug = build_augmenter(cfg.augment)       # None when nothing is enabled
+    x_unit = aug(x_unit)                     # (B, 1, H, W) in [0, 1], before normalisation
+
+Geometry (rotation, translation, scale, shear) is one ``RandomAffine``; elastic distortion,
+contrast, Gaussian noise and random erasing follow, all from kornia. Augmenting in [0, 1] pixel
+units keeps padding equal to the background (0). Randomness comes from torch's global generator,
+which the trainer seeds and checkpoints.
+"""
+
+import kornia.augmentation as K
+import torch
+from torch import Tensor, nn
+
+from digitlab.core.config import AugmentSection
+
+
+class _Clamp01(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x.clamp_(0.0, 1.0)
+
+
+def build_augmenter(cfg: AugmentSection) -> nn.Module | None:
+    """An ``nn.Sequential`` of kornia ops for ``cfg``, or None when nothing is enabled."""
+    if not cfg.enabled:
+        return None
+    ops: list[nn.Module] = []
+    if cfg.rotation or cfg.translate or cfg.scale != (1.0, 1.0) or cfg.shear:
+        ops.append(
+            K.RandomAffine(
+                degrees=cfg.rotation,
+                translate=(cfg.translate, cfg.translate) if cfg.translate else None,
+                scale=cfg.scale if cfg.scale != (1.0, 1.0) else None,
+                shear=cfg.shear or None,
+                p=cfg.p,
+            )
+        )
+    if cfg.elastic_alpha:
+        size = int(4 * cfg.elastic_sigma) | 1  # odd kernel covering +-2 sigma
+        ops.append(K.RandomElasticTransform(kernel_size=(size, size), sigma=(cfg.elastic_sigma, cfg.elastic_sigma),
+                                            alpha=(cfg.elastic_alpha, cfg.elastic_alpha), p=cfg.p))
+    if cfg.contrast:
+        ops.append(K.RandomContrast(contrast=(1 - cfg.contrast, 1 + cfg.contrast), p=1.0))
+    if cfg.noise_std:
+        ops.append(K.RandomGaussianNoise(std=cfg.noise_std, p=1.0))
+        ops.append(_Clamp01())
+    if cfg.erasing:
+        ops.append(K.RandomErasing(scale=(0.02, 0.15), p=cfg.erasing))
+    return nn.Sequential(*ops)
+
+
+@torch.no_grad()
+def apply_augmenter(aug: nn.Module | None, x: Tensor) -> Tensor:
+    """Run ``aug`` on a ``(B, 1, H, W)`` batch in [0, 1] (identity when ``aug`` is None)."""
+    return x if aug is None else aug(x)

@@ -1,0 +1,396 @@
+"""One training loop for every model: writes the run directory, checkpoints, resumes exactly.
+
+Usage::
+
+    result = train_run(resolve_config(load_recipe("default")), out_root="runs")
+    result = resume_run("runs/20261121-101500-cnn-default")     # after a kill
+
+Neural models: seeded batches from memory, optional batch augmentation, a per-step lr schedule,
+label smoothing, gradient clipping, an EMA of the weights, early stopping on validation, bf16
+autocast where it pays. The weights kept are those of the best validation epoch; the test split
+is evaluated once, at the end, and chooses nothing. Classical models are fitted on the same
+training split and saved with skops.
+"""
+
+import math
+import os
+import platform
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from digitlab import __version__
+from digitlab.core.config import ConfigError, RunConfig, dump_config, load_yaml, resolve_config
+from digitlab.core.fileio import atomic_path
+from digitlab.core.rundir import RunDir, RunDirError
+from digitlab.data.batching import BatchLoader
+from digitlab.data.loading import Dataset, load_dataset
+from digitlab.data.preprocess import PreprocessSpec, compute_preprocess_spec
+from digitlab.data.splits import split_train_val
+from digitlab.models.registry import count_parameters, create_model, get_entry, make_config
+from digitlab.training.augment import build_augmenter
+from digitlab.training.optim import build_optimizer, build_scheduler
+
+CHECKPOINT_FILE = "state.pt"
+PROGRESS_EVERY = 20  # batches between progress-bar refreshes (each one syncs a loss value)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports (also written to ``results.json``)."""
+
+    run_dir: str
+    model: str
+    n_params: int
+    best_val_acc: float
+    best_epoch: int
+    test_acc: float
+    test_errors: int
+    n_test: int
+    train_seconds: float
+    epochs_run: int
+    device: str
+
+
+@dataclass
+class Split:
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"bad train.device {name!r}: {e}") from None
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where it pays: on CUDA with bf16 support under ``auto``, or when asked for."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None  # on CPU, fp32 measured faster for these small models (benchmarks/)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_split(cfg: RunConfig, ds: Dataset) -> Split:
+    """Train/validation carved from train (stratified, seeded); test untouched."""
+    train_idx, val_idx = split_train_val(ds.train_labels, n_val=cfg.data.n_val, seed=cfg.data.split_seed)
+    if cfg.data.train_subset is not None:
+        train_idx = train_idx[: cfg.data.train_subset]
+    return Split(ds.train_images[train_idx], ds.train_labels[train_idx], ds.train_images[val_idx],
+                 ds.train_labels[val_idx], ds.test_images, ds.test_labels)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, spec: PreprocessSpec, *,
+                   device: torch.device, batch_size: int = 1000, amp: torch.dtype | None = None,
+                   channels_last: bool = False) -> torch.Tensor:
+    """Logits ``(N, n_classes)`` (float32, on CPU) for raw uint8 images, batched."""
+    model.eval()
+    x_all = torch.as_tensor(images)
+    out = []
+    for start in range(0, len(x_all), batch_size):
+        x = spec.normalize(x_all[start : start + batch_size].to(device))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            out.append(model(x).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def _accuracy_and_loss(logits: torch.Tensor, labels: np.ndarray) -> tuple[float, float, int]:
+    y = torch.as_tensor(labels, dtype=torch.int64)
+    if len(y) == 0:
+        return float("nan"), float("nan"), 0
+    errors = int((logits.argmax(1) != y).sum())
+    return 1 - errors / len(y), float(F.cross_entropy(logits, y)), errors
+
+
+def _model_kwargs(cfg: RunConfig, ds: Dataset) -> dict[str, Any]:
+    return {"input_size": ds.spec.image_shape, "n_classes": ds.spec.n_classes, **cfg.model.args}
+
+
+def _model_json(cfg: RunConfig, ds: Dataset, spec: PreprocessSpec, n_params: int, kind: str) -> dict[str, Any]:
+    model_cfg = make_config(cfg.model.name, **_model_kwargs(cfg, ds))
+    return {
+        "name": cfg.model.name,
+        "kind": kind,
+        "args": model_cfg.model_dump(mode="json"),
+        "n_params": n_params,
+        "class_names": list(ds.spec.class_names),
+        "dataset": ds.spec.name,
+        "preprocess": spec.model_dump(mode="json"),
+    }
+
+
+def _environment(device: torch.device) -> dict[str, Any]:
+    return {
+        "digitlab": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def _save_checkpoint(run: RunDir, state: dict[str, Any]) -> None:
+    run.checkpoint_dir.mkdir(exist_ok=True)
+    with atomic_path(run.checkpoint_dir / CHECKPOINT_FILE) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(run: RunDir) -> dict[str, Any]:
+    path = run.checkpoint_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        raise RunDirError(f"{run.path}: no checkpoint to resume from ({path} is missing)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain types only
+    except Exception as e:
+        raise RunDirError(f"{path}: unreadable checkpoint: {' '.join(str(e).split())[:200]}") from None
+
+
+def train_run(
+    cfg: RunConfig,
+    *,
+    out_root: str | os.PathLike[str] = "runs",
+    run: RunDir | None = None,
+    resume: bool = False,
+    show_progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    callbacks: Sequence[Callable[[int, dict[str, Any]], None]] = (),
+) -> TrainResult:
+    """Train ``cfg`` into a new run directory (or continue ``run`` when ``resume``).
+
+    Args:
+        cfg: the resolved config.
+        out_root: parent of the new run directory.
+        run: an existing run directory (required with ``resume``).
+        resume: continue from ``run``'s checkpoint.
+        show_progress: a progress bar per epoch on stderr.
+        log: receives one line per epoch (for ``--quiet``).
+        callbacks: ``fn(epoch, metrics_row)`` after each epoch's checkpoint is written.
+
+    Raises:
+        DigitlabError: bad config, missing data, or an unusable run directory.
+    """
+    entry = get_entry(cfg.model.name)
+    seed_everything(cfg.seed)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    ds = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    split = prepare_split(cfg, ds)
+    spec = compute_preprocess_spec(split.train_images, dataset=ds.spec.name)
+    model = create_model(cfg.model.name, **_model_kwargs(cfg, ds))
+    if run is None:
+        tag = cfg.recipe if cfg.recipe != cfg.model.name else ""
+        run = RunDir.create(out_root, model=cfg.model.name, tag=tag)
+    if not resume:
+        run.write_text(RunDir.CONFIG, dump_config(cfg))
+    if entry.kind == "classical":
+        return _train_classical(cfg, run, ds, split, spec, model, log)
+    return _train_torch(cfg, run, ds, split, spec, model, resume=resume, show_progress=show_progress, log=log,
+                        callbacks=callbacks)
+
+
+def _finish(run: RunDir, result: TrainResult, device: torch.device) -> TrainResult:
+    run.write_json(RunDir.RESULTS, {**asdict(result), "environment": _environment(device)})
+    return result
+
+
+def _train_classical(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: PreprocessSpec, model: Any,
+                     log: Callable[[str], None] | None) -> TrainResult:
+    start = time.perf_counter()
+    model.fit(split.train_images, split.train_labels)
+    seconds = time.perf_counter() - start
+    val_acc = float((model.predict(split.val_images) == split.val_labels).mean()) if len(split.val_labels) else 0.0
+    model.save(run.file("model.skops"))
+    run.write_json(RunDir.MODEL_JSON, _model_json(cfg, ds, spec, model.n_parameters_, "classical"))
+    test_pred = model.predict(split.test_images)
+    errors = int((test_pred != split.test_labels).sum())
+    run.append_metrics({"epoch": 1, "val_acc": val_acc, "seconds": seconds,
+                        "images_per_s": len(split.train_labels) / max(seconds, 1e-9)})
+    if log:
+        log(f"fitted {cfg.model.name} in {seconds:.1f} s: val acc {val_acc:.4f}")
+    result = TrainResult(str(run.path), cfg.model.name, model.n_parameters_, val_acc, 1,
+                         1 - errors / len(split.test_labels), errors, len(split.test_labels), seconds, 1, "cpu")
+    return _finish(run, result, torch.device("cpu"))
+
+
+def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: PreprocessSpec, model: nn.Module,
+                 *, resume: bool, show_progress: bool, log: Callable[[str], None] | None,
+                 callbacks: Sequence[Callable[[int, dict[str, Any]], None]]) -> TrainResult:
+    t = cfg.train
+    device = resolve_device(t.device)
+    amp = autocast_dtype(t.precision, device)
+    model.to(device)
+    if t.channels_last:
+        model.to(memory_format=torch.channels_last)
+    augmenter = build_augmenter(cfg.augment)
+    if augmenter is not None:
+        augmenter.to(device)
+    loader = BatchLoader(split.train_images, split.train_labels, spec, batch_size=t.batch_size, shuffle=True,
+                         seed=cfg.seed, drop_last=False, device=device, augment=augmenter)
+    opt = build_optimizer(cfg.optim, model.parameters())
+    sched = build_scheduler(opt, cfg.schedule, steps_per_epoch=len(loader), n_epochs=t.epochs)
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
+           if t.ema_decay else None)
+    n_params = count_parameters(model)
+
+    start_epoch, best_acc, best_epoch, stale, elapsed = 0, -1.0, 0, 0, 0.0
+    best_state: dict[str, torch.Tensor] | None = None
+    if resume:
+        state = _load_checkpoint(run)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"])
+        start_epoch, best_acc, best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
+        stale, elapsed, best_state = state["stale"], state["elapsed"], state["best_state"]
+        run.truncate_metrics(start_epoch)
+
+    writer = _tensorboard(run)
+    eval_model = ema.module if ema is not None else model
+    epochs_run = start_epoch
+    for epoch in range(start_epoch, t.epochs):
+        if t.early_stopping_patience is not None and stale >= t.early_stopping_patience:
+            break
+        loader.set_epoch(epoch)
+        model.train()
+        epoch_start = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        seen = 0
+        bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False,
+                   disable=not show_progress, dynamic_ncols=True)
+        for i, (x, y) in enumerate(loader):
+            if t.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            opt.step()
+            sched.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            bar.update(1)
+            if show_progress and (i % PROGRESS_EVERY == 0 or i == len(loader) - 1):
+                rate = seen / max(time.perf_counter() - epoch_start, 1e-9)
+                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.4f}",
+                                img_s=f"{rate:,.0f}")
+        bar.close()
+        train_seconds = time.perf_counter() - epoch_start
+        elapsed += train_seconds
+        val_logits = predict_logits(eval_model, split.val_images, spec, device=device, batch_size=t.eval_batch_size,
+                                    amp=amp, channels_last=t.channels_last)
+        val_acc, val_loss, _ = _accuracy_and_loss(val_logits, split.val_labels)
+        epochs_run = epoch + 1
+        if math.isnan(val_acc) or val_acc > best_acc:
+            best_acc, best_epoch, stale = val_acc, epoch + 1, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in eval_model.state_dict().items()}
+        else:
+            stale += 1
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": float(loss_sum) / max(seen, 1),
+            "train_acc": int(correct) / max(seen, 1),
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": train_seconds,
+            "images_per_s": seen / max(train_seconds, 1e-9),
+            "elapsed_seconds": elapsed,
+        }
+        run.append_metrics(row)
+        if writer is not None:
+            for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s"):
+                writer.add_scalar(key, row[key], epoch + 1)
+            writer.flush()
+        _save_checkpoint(run, {
+            "epoch": epoch + 1,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+            "best_acc": best_acc,
+            "best_epoch": best_epoch,
+            "best_state": best_state,
+            "stale": stale,
+            "elapsed": elapsed,
+        })
+        if log:
+            log(f"epoch {epoch + 1}/{t.epochs}: loss {row['train_loss']:.4f} train acc {row['train_acc']:.4f} "
+                f"val acc {val_acc:.4f} ({row['images_per_s']:,.0f} images/s, {train_seconds:.1f} s)")
+        for callback in callbacks:
+            callback(epoch + 1, row)
+    if writer is not None:
+        writer.close()
+
+    if best_state is not None:
+        eval_model.load_state_dict(best_state)
+    with atomic_path(run.file(RunDir.WEIGHTS)) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in eval_model.state_dict().items()}, str(tmp))
+    run.write_json(RunDir.MODEL_JSON, _model_json(cfg, ds, spec, n_params, "torch"))
+    test_logits = predict_logits(eval_model, split.test_images, spec, device=device, batch_size=t.eval_batch_size,
+                                 amp=amp, channels_last=t.channels_last)
+    test_acc, _, errors = _accuracy_and_loss(test_logits, split.test_labels)
+    result = TrainResult(str(run.path), cfg.model.name, n_params, best_acc, best_epoch, test_acc, errors,
+                         len(split.test_labels), elapsed, epochs_run, str(device))
+    return _finish(run, result, device)
+
+
+def _tensorboard(run: RunDir) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # slow import: only when training
+    except ImportError:  # tensorboard is a dependency; a broken install should not stop training
+        return None
+    return SummaryWriter(log_dir=str(run.file(RunDir.TENSORBOARD)))
+
+
+def resume_run(path: str | os.PathLike[str], **kwargs: Any) -> TrainResult:
+    """Continue the run at ``path`` from its last checkpoint, with its own config.
+
+    Raises:
+        RunDirError: not a run directory, or no checkpoint.
+    """
+    run = RunDir.open(path)
+    cfg = resolve_config(load_yaml(run.file(RunDir.CONFIG)))
+    return train_run(cfg, run=run, resume=True, **kwargs)
