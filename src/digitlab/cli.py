@@ -38,6 +38,11 @@ class _Group(TyperGroup):
             _fail(e.format_message(), EXIT_USAGE)
         except DigitlabError as e:
             _fail(str(e), EXIT_USAGE)
+        except OSError as e:  # a file or folder the user named is unusable
+            where = f"{e.filename}: " if e.filename else ""
+            _fail(f"{where}{e.strerror or e}", EXIT_USAGE)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
         except typer.Abort:
             _fail("aborted", 130)
         sys.exit(rv if isinstance(rv, int) else 0)
@@ -93,7 +98,8 @@ DatasetOpt = Annotated[
 ]
 DataDirOpt = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Folder holding the files (or a <dataset> subfolder), searched first."),
+    typer.Option("--data-dir", help="Folder holding the files (or a <dataset> subfolder), searched first.",
+                 exists=True, file_okay=False),
 ]
 
 
@@ -163,7 +169,9 @@ def data_check(
 
 @data_app.command("explore")
 def data_explore(
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the figures and summary.json.")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder for the figures and summary.json.", file_okay=False)
+    ],
     dataset: DatasetOpt = "mnist",
     data_dir: DataDirOpt = None,
     seed: Annotated[int, typer.Option(help="Seed for the sampled images.")] = 0,
@@ -175,6 +183,48 @@ def data_explore(
     out.print(f"[bold]{summary['dataset']}[/]: figures and summary.json written to {out_dir}/")
     for path in summary["figures"].values():
         out.print(f"  {path}")
+
+
+@app.command("train")
+def train(
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe name (see --list-recipes) or YAML file.")]
+    = "default",
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: --set train.epochs=3 (repeatable).")
+    ] = None,
+    out_root: Annotated[Path, typer.Option("--out", help="Parent folder of the new run directory.",
+                                           file_okay=False)] = Path("runs"),
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue this run from its checkpoint.",
+                                                exists=True, file_okay=False)] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed (same seed, same metrics on CPU).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="One log line per epoch, no progress bar.")] = False,
+    list_all: Annotated[bool, typer.Option("--list-recipes", help="List the shipped recipes and exit.")] = False,
+) -> None:
+    """Train a recipe into a new run directory; print its best validation and its test accuracy."""
+    from digitlab.training import config_from_recipe, list_recipes, resume_run, train_run
+
+    if list_all:
+        table = Table(title="recipes (digitlab train --recipe NAME)")
+        table.add_column("name")
+        table.add_column("description", overflow="fold")
+        for name, description in list_recipes():
+            table.add_row(name, description)
+        out.print(table)
+        return
+    log = (lambda line: err.print(line, highlight=False)) if quiet else None
+    if resume is not None:
+        if overrides or seed is not None:
+            raise typer.BadParameter("--resume continues a run with its own config: drop --set and --seed")
+        result = resume_run(resume, show_progress=not quiet, log=log)
+    else:
+        sets = list(overrides or []) + ([f"seed={seed}"] if seed is not None else [])
+        cfg = config_from_recipe(recipe, sets)
+        result = train_run(cfg, out_root=out_root, show_progress=not quiet, log=log)
+    out.print(f"run directory: {result.run_dir}")
+    out.print(f"best validation accuracy: {result.best_val_acc:.4f} (epoch {result.best_epoch})")
+    out.print(f"test accuracy: {result.test_acc:.4f} ({result.test_errors} errors of {result.n_test}), "
+              f"measured once after training")
+    out.print(f"training time: {result.train_seconds:.1f} s on {result.device}, {result.n_params:,} parameters")
 
 
 def main() -> None:

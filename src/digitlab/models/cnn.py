@@ -9,7 +9,7 @@ Usage::
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from digitlab.models.layers import Activation, make_activation
@@ -28,6 +28,8 @@ class ConvBlock(BaseModel):
     pool: Literal["max", "avg", "none"] = "max"
     batch_norm: bool = False
     dropout: float = 0.0
+    pool_first: bool = Field(False, description="pool right after the block's last conv, before norm and "
+                             "activation: a quarter of the elementwise work, as speed-run CNNs do")
 
 
 class CNNConfig(ModelConfig):
@@ -54,15 +56,19 @@ class CNN(nn.Module):
         layers: list[nn.Module] = []
         channels = 1
         for block in cfg.blocks:
-            for _ in range(block.convs):
+            pool = None if block.pool == "none" else (nn.MaxPool2d(2) if block.pool == "max" else nn.AvgPool2d(2))
+            for i in range(block.convs):
                 pad = block.kernel // 2 if block.padding == "same" else 0
                 layers.append(nn.Conv2d(channels, block.filters, block.kernel, padding=pad, bias=not block.batch_norm))
+                if pool is not None and block.pool_first and i == block.convs - 1:
+                    layers.append(pool)
+                    pool = None
                 if block.batch_norm:
                     layers.append(nn.BatchNorm2d(block.filters))
                 layers.append(make_activation(cfg.activation))
                 channels = block.filters
-            if block.pool != "none":
-                layers.append(nn.MaxPool2d(2) if block.pool == "max" else nn.AvgPool2d(2))
+            if pool is not None:
+                layers.append(pool)
             if block.dropout > 0:
                 layers.append(nn.Dropout(block.dropout))
         if cfg.global_pool:
