@@ -24,10 +24,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+RECIPE ?= default
+
 run: $(STAMP)
 	$(BIN)/digitlab data fetch --dataset $(DATASET)
 	$(BIN)/digitlab data check --dataset $(DATASET)
 	$(BIN)/digitlab data explore --dataset $(DATASET) --out $(OUT)
+	$(BIN)/digitlab train --recipe $(RECIPE) --set data.dataset=$(DATASET) --out runs
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -38,6 +41,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_data.py
+	$(BIN)/python benchmarks/bench_recipes.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -25,8 +25,14 @@ def _hermetic(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     monkeypatch.setenv("DIGITLAB_MIRRORS", "http://127.0.0.1:9/")
 
 
-def make_arrays(n_train: int = 40, n_test: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random, distinct 28x28 'digits' (a bright blob each) with every class present."""
+def make_arrays(
+    n_train: int = 40, n_test: int = 20, seed: int = 0, *, shuffle_labels: bool = False
+) -> dict[str, np.ndarray]:
+    """Random, distinct 28x28 'digits' (a bright blob each) with every class present.
+
+    Labels cycle 0..9 in order; ``shuffle_labels`` permutes them by ``seed``, so that two seeds
+    give different bytes in all four files.
+    """
     rng = np.random.default_rng(seed)
 
     def images(n: int) -> np.ndarray:
@@ -34,11 +40,18 @@ def make_arrays(n_train: int = 40, n_test: int = 20, seed: int = 0) -> dict[str,
         x[:, 4:24, 6:22] = rng.integers(0, 256, size=(n, 20, 16), dtype=np.uint8)
         return x
 
+    def labels(n: int) -> np.ndarray:
+        y = (np.arange(n) % 10).astype(np.uint8)
+        if shuffle_labels:
+            rng.shuffle(y)
+        return y
+
+    train_images, test_images = images(n_train), images(n_test)
     return {
-        "train_images": images(n_train),
-        "train_labels": (np.arange(n_train) % 10).astype(np.uint8),
-        "test_images": images(n_test),
-        "test_labels": (np.arange(n_test) % 10).astype(np.uint8),
+        "train_images": train_images,
+        "train_labels": labels(n_train),
+        "test_images": test_images,
+        "test_labels": labels(n_test),
     }
 
 
@@ -49,10 +62,15 @@ def write_dataset(
     name: str = "tiny",
     gz: bool = True,
     shapes: dict[str, tuple[int, ...]] | None = None,
+    mirrors: tuple[str, ...] = (),
+    npm_package: str | None = None,
+    system_dir: Path | None = None,
 ) -> DatasetSpec:
     """Write ``arrays`` as IDX files into ``folder`` and return a spec that matches their hashes.
 
-    ``shapes`` overrides what the spec claims, to make a spec the files contradict.
+    ``shapes`` overrides what the spec claims, to make a spec the files contradict. ``mirrors``,
+    ``npm_package`` and ``system_dir`` go into the spec as they are (the system dir defaults to an
+    empty sibling of ``folder``, so no real system copy is ever found).
     """
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -65,7 +83,9 @@ def write_dataset(
         description="tiny synthetic test set",
         files=files,
         class_names=tuple(str(d) for d in range(10)),
-        system_dir=folder.parent / "no-system-dir",
+        mirrors=mirrors,
+        npm_package=npm_package,
+        system_dir=system_dir or folder.parent / "no-system-dir",
     )
 
 

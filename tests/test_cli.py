@@ -62,7 +62,8 @@ def test_check_json_and_exit_code(registered_tiny) -> None:
     result = runner.invoke(app, ["data", "check", "--dataset", "tiny", "--data-dir", str(data_dir), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["ok"] is True and len(report["checks"]) == 7
+    assert report["ok"] is True and len(report["checks"]) == 8
+    assert report["checks"][0]["name"] == "checksums"
 
 
 def test_check_fails_with_exit_1_on_leakage(registered_tiny) -> None:

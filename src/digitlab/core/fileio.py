@@ -4,6 +4,9 @@ Usage::
 
     with atomic_path(out / "figure.png") as tmp:
         fig.savefig(tmp)          # written to a temp file beside the target, renamed on success
+
+When the final name is known only after writing (e.g. ``.gz`` or not, decided by content), use
+``temp_path`` and rename the file yourself.
 """
 
 import contextlib
@@ -14,25 +17,39 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
+def temp_path(folder: str | os.PathLike[str], name: str, *, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a new, empty, uniquely named hidden file in ``folder``; remove it on exit if still there.
+
+    The caller renames it into place (``os.replace``) once it is complete; a unique name means two
+    processes writing the same target never touch each other's temp file.
+
+    Raises:
+        OSError: the folder does not exist or cannot be written.
+    """
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` if the block succeeds.
 
     The temp file keeps the target's suffix (matplotlib and others pick the format from it).
     On any exception the temp file is removed and the target is left untouched.
+
+    Raises:
+        OSError: the target's folder cannot be created or written.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.", suffix=f".tmp{target.suffix}"
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with temp_path(target.parent, target.name, suffix=f".tmp{target.suffix}") as tmp:
         yield tmp
         os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:

@@ -6,18 +6,28 @@ Usage::
     report.ok                  # False when any check failed
     report.to_dict()           # the JSON form
 
-Checks: counts and shapes against the spec, label range, class balance per split, blank or
-near-blank images, exact duplicates within each split, exact duplicates between train and
+Checks: the files' SHA-256 against the spec (when the load recorded them: ``load_dataset(...,
+verify=False)``), counts and shapes against the spec, label range, class balance per split, blank
+or near-blank images, exact duplicates within each split, exact duplicates between train and
 test (leakage), and the pixel value range. Duplicates are found by sorting the raw bytes of
-every image (one vectorised ``np.unique`` per split), not by a Python loop.
+every image (one vectorised ``np.unique`` per split), not by a Python loop. An empty split is
+reported, never a crash.
 """
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from digitlab.data.loading import SPLITS, Dataset
+from digitlab.data.idx import format_shape
+from digitlab.data.loading import (
+    SPLITS,
+    Dataset,
+    label_range_errors,
+    out_of_range_labels,
+    spec_mismatches,
+)
 
 Status = Literal["pass", "warn", "fail"]
 
@@ -54,9 +64,14 @@ class CheckReport:
         return {"dataset": self.dataset, "ok": self.ok, "checks": [asdict(c) for c in self.checks]}
 
 
+def flatten_images(images: np.ndarray) -> np.ndarray:
+    """``(N, H, W)`` -> ``(N, H * W)``, also for ``N == 0`` (where ``reshape(0, -1)`` fails)."""
+    return images.reshape(len(images), math.prod(images.shape[1:]))
+
+
 def _row_keys(images: np.ndarray) -> np.ndarray:
     """One opaque fixed-size key per image (its raw bytes), comparable and sortable."""
-    flat = np.ascontiguousarray(images.reshape(len(images), -1))
+    flat = np.ascontiguousarray(flatten_images(images))
     return flat.view(np.dtype((np.void, flat.shape[1] * flat.dtype.itemsize))).ravel()
 
 
@@ -82,46 +97,59 @@ def find_leaks(train: np.ndarray, test: np.ndarray) -> np.ndarray:
 
 def ink_pixel_counts(images: np.ndarray) -> np.ndarray:
     """Per image, the number of pixels at least ``INK_LEVEL`` bright."""
-    return (images.reshape(len(images), -1) >= INK_LEVEL).sum(axis=1)
+    return (flatten_images(images) >= INK_LEVEL).sum(axis=1)
+
+
+def _check_checksums(ds: Dataset) -> CheckResult | None:
+    """The files' SHA-256 as read against the spec's; None when the load did not record them."""
+    if not ds.sha256:
+        return None
+    details, bad = {}, []
+    for role, fspec in ds.spec.files.items():
+        found = ds.files.get(role)
+        name = found.path.name if found is not None else fspec.filename
+        actual = ds.sha256.get(role)
+        details[role] = {"file": str(found.path) if found is not None else fspec.filename,
+                         "expected": fspec.sha256, "actual": actual}
+        if actual is not None and actual != fspec.sha256.lower():
+            bad.append(name)
+    if bad:
+        return CheckResult("checksums", "fail",
+                           f"{', '.join(bad)}: checksum mismatch (see details for both hashes)", details)
+    n = sum(a is not None for a in ds.sha256.values())
+    return CheckResult("checksums", "pass", f"{n} files match the spec's SHA-256", details)
 
 
 def _check_shapes(ds: Dataset) -> CheckResult:
-    problems, details = [], {}
+    details = {}
     for role, fspec in ds.spec.files.items():
-        shape = tuple(getattr(ds, role).shape)
-        details[role] = {"shape": list(shape), "expected": list(fspec.shape)}
-        if shape != fspec.shape:
-            problems.append(f"{fspec.filename} is {'x'.join(map(str, shape))}, expected "
-                            f"{'x'.join(map(str, fspec.shape))}")
-    for split in SPLITS:
-        n_img, n_lab = len(getattr(ds, f"{split}_images")), len(getattr(ds, f"{split}_labels"))
-        if n_img != n_lab:
-            problems.append(f"{split}: {n_img} images but {n_lab} labels")
+        arr = getattr(ds, role)
+        details[role] = {"shape": list(arr.shape), "expected": list(fspec.shape),
+                         "dtype": str(arr.dtype), "expected_dtype": fspec.dtype}
+    problems = spec_mismatches(ds)
     if problems:
-        return CheckResult("counts and shapes", "fail", "; ".join(problems), details)
+        return CheckResult("counts and shapes", "fail", "; ".join(map(str, problems)), details)
     n = {s: len(getattr(ds, f"{s}_labels")) for s in SPLITS}
     return CheckResult("counts and shapes", "pass",
-                       f"train {n['train']}, test {n['test']}, images "
-                       f"{'x'.join(map(str, ds.train_images.shape[1:]))}", details)
+                       f"train {n['train']}, test {n['test']}, images {format_shape(ds.train_images.shape[1:])}",
+                       details)
 
 
 def _check_labels(ds: Dataset) -> CheckResult:
     k = ds.spec.n_classes
-    details, problems = {}, []
+    details = {}
     for split in SPLITS:
         labels = getattr(ds, f"{split}_labels")
-        bad = np.flatnonzero((labels < 0) | (labels >= k))
+        bad = out_of_range_labels(labels, k)
         details[split] = {
             "min": int(labels.min()) if labels.size else None,
             "max": int(labels.max()) if labels.size else None,
             "n_out_of_range": int(bad.size),
             "first_out_of_range": bad[:_MAX_LISTED].tolist(),
         }
-        if bad.size:
-            problems.append(f"{split}: {bad.size} labels outside 0..{k - 1} (first at index {bad[0]}: "
-                            f"{labels[bad[0]]})")
+    problems = label_range_errors(ds)
     if problems:
-        return CheckResult("label range", "fail", "; ".join(problems), details)
+        return CheckResult("label range", "fail", "; ".join(map(str, problems)), details)
     return CheckResult("label range", "pass", f"all labels in 0..{k - 1}", details)
 
 
@@ -132,32 +160,38 @@ def class_counts(labels: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def _check_balance(ds: Dataset) -> CheckResult:
-    details, worst = {}, 1.0
+    details, ratios = {}, []
     for split in SPLITS:
         counts = class_counts(getattr(ds, f"{split}_labels"), ds.spec.n_classes)
         total = max(int(counts.sum()), 1)
-        ratio = float(counts.min() / counts.max()) if counts.max() else 0.0
-        worst = min(worst, ratio)
+        # An empty split has no balance to judge (the counts check reports its size).
+        ratio = float(counts.min() / counts.max()) if counts.max() else None
+        if ratio is not None:
+            ratios.append(ratio)
         details[split] = {
             "counts": counts.tolist(),
             "percent": [round(100 * c / total, 2) for c in counts.tolist()],
-            "min_max_ratio": round(ratio, 4),
+            "min_max_ratio": round(ratio, 4) if ratio is not None else None,
         }
+    if not ratios:
+        return CheckResult("class balance", "warn", "no labelled images in any split", details)
+    worst = min(ratios)
     status: Status = "pass" if worst >= BALANCE_MIN_RATIO else "warn"
-    summary = f"smallest class / largest class >= {worst:.2f} in every split"
+    which = "every split" if len(ratios) == len(SPLITS) else "every non-empty split"
+    summary = f"smallest class / largest class >= {worst:.2f} in {which}"
     return CheckResult("class balance", status, summary, details)
 
 
 def _check_blank(ds: Dataset) -> CheckResult:
     details, total = {}, 0
     for split in SPLITS:
-        ink = ink_pixel_counts(getattr(ds, f"{split}_images"))
+        images = getattr(ds, f"{split}_images")
+        ink = ink_pixel_counts(images)
         blank = np.flatnonzero(ink < NEAR_BLANK_MIN_INK_PIXELS)
         total += blank.size
         details[split] = {
             "n_near_blank": int(blank.size),
-            "n_all_zero": int((getattr(ds, f"{split}_images").reshape(len(ink), -1).max(axis=1) == 0).sum())
-            if len(ink) else 0,
+            "n_all_zero": int((flatten_images(images) == 0).all(axis=1).sum()),
             "indices": blank[:_MAX_LISTED].tolist(),
             "min_ink_pixels": int(ink.min()) if ink.size else None,
         }
@@ -191,7 +225,7 @@ def _check_pixels(ds: Dataset) -> CheckResult:
     details, problems = {}, []
     for split in SPLITS:
         x = getattr(ds, f"{split}_images")
-        lo, hi = (int(x.min()), int(x.max())) if x.size else (0, 0)
+        lo, hi = (int(x.min()), int(x.max())) if x.size else (None, None)
         details[split] = {"dtype": str(x.dtype), "min": lo, "max": hi,
                           "mean": round(float(x.mean()), 3) if x.size else None}
         if x.dtype != np.uint8:
@@ -200,14 +234,24 @@ def _check_pixels(ds: Dataset) -> CheckResult:
             problems.append(f"{split}: every pixel is {lo}")
     if problems:
         return CheckResult("pixel range", "fail", "; ".join(problems), details)
-    return CheckResult("pixel range", "pass",
-                       f"train {details['train']['min']}..{details['train']['max']}, "
-                       f"test {details['test']['min']}..{details['test']['max']} (uint8)", details)
+
+    def span(split: str) -> str:
+        d = details[split]
+        return f"{d['min']}..{d['max']}" if d["min"] is not None else "empty"
+
+    return CheckResult("pixel range", "pass", f"train {span('train')}, test {span('test')} (uint8)", details)
 
 
 def check_dataset(ds: Dataset) -> CheckReport:
-    """Run every integrity check on ``ds`` (load it with ``validate=False`` to see all problems)."""
+    """Run every integrity check on ``ds``.
+
+    Load it with ``validate=False, verify=False`` to see every problem, a checksum mismatch
+    included, instead of the loader stopping at the first. The "checksums" check comes first and
+    only when ``ds.sha256`` holds the hashes as read.
+    """
+    checksums = _check_checksums(ds)
     checks = [
+        *([checksums] if checksums is not None else []),
         _check_shapes(ds),
         _check_labels(ds),
         _check_balance(ds),

@@ -61,3 +61,12 @@ class UnknownDatasetError(DataError):
 
 class DatasetNotFoundError(DataError):
     """A dataset file was found nowhere: not locally, not on a mirror, not through npm."""
+
+
+class FileAccessError(DataError):
+    """A file or folder cannot be used: unreadable, not a folder, disk full, read-only."""
+
+
+def os_reason(e: OSError) -> str:
+    """The operating system's words for ``e`` (``Permission denied``), on one line."""
+    return " ".join(str(e.strerror or e).split())

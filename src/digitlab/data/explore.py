@@ -7,10 +7,13 @@ Usage::
 Figures: a sample grid (a row per class), the class distribution (train vs test), the mean image
 of each class, the pixel intensity histogram, per-class ink statistics (ink area, stroke
 thickness, bounding box) and a 2-D PCA scatter of a sample. Every statistic is computed on whole
-arrays at once.
+arrays at once, without a float copy of the training set. Empty splits and single-class datasets
+give (emptier) figures, not errors.
 """
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,8 @@ import numpy as np
 from sklearn.decomposition import PCA
 
 from digitlab.core.fileio import atomic_path, atomic_write_text
-from digitlab.data.check import class_counts
+from digitlab.data.check import class_counts, flatten_images
+from digitlab.data.errors import FileAccessError, os_reason
 from digitlab.data.loading import Dataset
 
 # A pixel counts as ink at half intensity or more (MNIST strokes are anti-aliased at the edges).
@@ -64,15 +68,52 @@ def ink_statistics(images: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def class_mean_images(images: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Mean image of each class, ``(n_classes, H, W)`` float64 (zeros for an absent class).
+
+    Summed class by class in uint64 straight from the uint8 images: the only copy is one class's
+    uint8 rows at a time, not a float32 copy of the whole set (188 MB for MNIST's training split).
+    """
+    flat = flatten_images(images)
+    sums = np.zeros((n_classes, flat.shape[1]), dtype=np.float64)
+    counts = np.zeros(n_classes, dtype=np.int64)
+    for c in range(n_classes):
+        rows = flat[labels == c]
+        sums[c] = rows.sum(axis=0, dtype=np.uint64)
+        counts[c] = len(rows)
+    return (sums / np.maximum(counts, 1)[:, None]).reshape(n_classes, *images.shape[1:])
+
+
+@contextlib.contextmanager
+def _writing_into(out: Path) -> Iterator[None]:
+    """Turn a failed write in ``out`` (read-only, disk full) into a one-line DataError."""
+    try:
+        yield
+    except OSError as e:
+        raise FileAccessError(f"{out}: cannot write: {os_reason(e)}") from None
+
+
+def _make_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileAccessError(f"{out}: not a folder (a file of that name exists)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FileAccessError(f"{out}: cannot create the folder: {os_reason(e)}") from None
+
+
 def _save(fig: plt.Figure, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+    finally:
+        plt.close(fig)  # also when the write failed: pyplot keeps every open figure alive
 
 
 def _plot_samples(ds: Dataset, rng: np.random.Generator, path: Path) -> None:
     k, n = ds.spec.n_classes, N_SAMPLES_PER_CLASS
-    fig, axes = plt.subplots(k, n, figsize=(n * 0.75 + 1.2, k * 0.75 + 0.6))
+    # squeeze=False: axes stays (k, n) even for a single class.
+    fig, axes = plt.subplots(k, n, figsize=(n * 0.75 + 1.2, k * 0.75 + 0.6), squeeze=False)
     for c in range(k):
         idx = np.flatnonzero(ds.train_labels == c)
         pick = rng.choice(idx, size=min(n, idx.size), replace=False) if idx.size else []
@@ -111,11 +152,11 @@ def _plot_distribution(ds: Dataset, counts: dict[str, np.ndarray], path: Path) -
 
 def _plot_means(ds: Dataset, means: np.ndarray, path: Path) -> None:
     k = ds.spec.n_classes
-    cols = 5
+    cols = min(5, k)
     rows = -(-k // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.8, rows * 2.0))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.8 + 1.0, rows * 2.0), squeeze=False)
     image = None
-    for c, ax in enumerate(np.atleast_1d(axes).ravel()):
+    for c, ax in enumerate(axes.ravel()):
         ax.axis("off")
         if c < k:
             image = ax.imshow(means[c], cmap="magma", vmin=0, vmax=255)
@@ -134,7 +175,8 @@ def _plot_histogram(ds: Dataset, hists: dict[str, np.ndarray], path: Path) -> No
             ax.fill_between(np.arange(256), share, step="mid", color=color, alpha=0.35, label=split)
         else:
             ax.step(np.arange(256), share, where="mid", color=color, linewidth=1, label=split)
-    ax.set_yscale("log")
+    if any(h.any() for h in hists.values()):  # a log axis needs some positive value
+        ax.set_yscale("log")
     ax.set_xlim(-2, 257)
     ax.set_xlabel("pixel value (0 = background, 255 = full ink)")
     ax.set_ylabel("share of pixels (%, log scale)")
@@ -179,7 +221,8 @@ def _plot_pca(ds: Dataset, coords: np.ndarray, labels: np.ndarray, evr: np.ndarr
     ax.set_xlabel(f"PC 1 ({100 * evr[0]:.1f}% of variance)")
     ax.set_ylabel(f"PC 2 ({100 * evr[1]:.1f}% of variance)")
     ax.set_title(f"{ds.spec.name}: PCA of {len(labels):,} random training images")
-    ax.legend(markerscale=4, fontsize=8, title="class", loc="best", framealpha=0.8)
+    if len(labels):
+        ax.legend(markerscale=4, fontsize=8, title="class", loc="best", framealpha=0.8)
     _save(fig, path)
 
 
@@ -201,25 +244,29 @@ def explore_dataset(ds: Dataset, out_dir: str | Path, *, seed: int = 0) -> dict[
 
     Returns:
         The summary (also written as ``summary.json``), including the figure paths.
+
+    Raises:
+        FileAccessError: ``out_dir`` is a file, or cannot be created or written.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _make_out_dir(out)
     rng = np.random.default_rng(seed)
     k = ds.spec.n_classes
     names = ds.spec.class_names
 
     counts = {s: class_counts(getattr(ds, f"{s}_labels"), k) for s in ("train", "test")}
     hists = {s: np.bincount(getattr(ds, f"{s}_images").reshape(-1), minlength=256) for s in ("train", "test")}
-    # Per-class mean image: one matrix product of the one-hot labels with the flattened images.
-    onehot = np.eye(k, dtype=np.float32)[ds.train_labels]
-    sums = onehot.T @ ds.train_images.reshape(len(ds.train_images), -1).astype(np.float32)
-    means = (sums / np.maximum(counts["train"], 1)[:, None]).reshape(k, *ds.train_images.shape[1:])
+    means = class_mean_images(ds.train_images, ds.train_labels, k)
     ink = ink_statistics(ds.train_images)
 
     n_pca = min(N_PCA_SAMPLES, len(ds.train_images))
     pick = rng.choice(len(ds.train_images), size=n_pca, replace=False)
-    pca = PCA(n_components=2, random_state=seed)
-    coords = pca.fit_transform(ds.train_images[pick].reshape(n_pca, -1).astype(np.float32) / 255)
+    if n_pca >= 2:  # two components need two images
+        pca = PCA(n_components=2, random_state=seed)
+        coords = pca.fit_transform(flatten_images(ds.train_images[pick]).astype(np.float32) / 255)
+        evr = pca.explained_variance_ratio_
+    else:
+        coords, evr = np.zeros((n_pca, 2)), np.zeros(2)
 
     figures = {
         "samples": "samples.png",
@@ -229,19 +276,21 @@ def explore_dataset(ds: Dataset, out_dir: str | Path, *, seed: int = 0) -> dict[
         "ink_statistics": "ink_statistics.png",
         "pca": "pca.png",
     }
-    _plot_samples(ds, rng, out / figures["samples"])
-    _plot_distribution(ds, counts, out / figures["class_distribution"])
-    _plot_means(ds, means, out / figures["mean_images"])
-    _plot_histogram(ds, hists, out / figures["pixel_histogram"])
-    _plot_ink(ds, ink, out / figures["ink_statistics"])
-    _plot_pca(ds, coords, ds.train_labels[pick], pca.explained_variance_ratio_, out / figures["pca"])
+    with _writing_into(out):
+        _plot_samples(ds, rng, out / figures["samples"])
+        _plot_distribution(ds, counts, out / figures["class_distribution"])
+        _plot_means(ds, means, out / figures["mean_images"])
+        _plot_histogram(ds, hists, out / figures["pixel_histogram"])
+        _plot_ink(ds, ink, out / figures["ink_statistics"])
+        _plot_pca(ds, coords, ds.train_labels[pick], evr, out / figures["pca"])
 
     def pixel_summary(split: str) -> dict[str, float]:
         h = hists[split].astype(np.float64)
         v = np.arange(256, dtype=np.float64)
         n = max(h.sum(), 1)
         mean = (h * v).sum() / n
-        return {"mean": round(float(mean), 3), "std": round(float(np.sqrt((h * v * v).sum() / n - mean**2)), 3),
+        var = max((h * v * v).sum() / n - mean**2, 0.0)  # rounding can dip below zero
+        return {"mean": round(float(mean), 3), "std": round(float(np.sqrt(var)), 3),
                 "fraction_zero": round(float(h[0] / n), 4),
                 "fraction_ink": round(float(h[INK_THRESHOLD:].sum() / n), 4)}
 
@@ -262,10 +311,10 @@ def explore_dataset(ds: Dataset, out_dir: str | Path, *, seed: int = 0) -> dict[
             names[c]: {key: _describe(val[ds.train_labels == c]) for key, val in ink.items()} for c in range(k)
         },
         "ink_all": {key: _describe(val) for key, val in ink.items()},
-        "pca": {"n_samples": n_pca, "explained_variance_ratio": [round(float(r), 4)
-                                                                   for r in pca.explained_variance_ratio_]},
+        "pca": {"n_samples": n_pca, "explained_variance_ratio": [round(float(r), 4) for r in evr]},
         "seed": seed,
         "figures": {key: str(out / name) for key, name in figures.items()},
     }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    with _writing_into(out):
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

@@ -6,16 +6,21 @@ Usage::
     write_idx("labels.idx1-ubyte.gz", labels)                 # gzip when the name ends in .gz
 
 Layout: two zero bytes, a dtype code, the number of dimensions ``n``, ``n`` big-endian uint32
-sizes, then the items in C order, big-endian. Reading decompresses straight into the final
-buffer (chunk by chunk), so a 47 MB MNIST payload is materialised once; an optional SHA-256 of
-the uncompressed bytes is computed from that same buffer.
+sizes, then the items in C order, big-endian. Reading first checks that the file can hold what
+the header promises (a raw file by its size; a gzip file by deflate's expansion limit and its
+ISIZE trailer, else by a streamed count), so a lying header never makes it allocate. It then
+decompresses straight into the final buffer (chunk by chunk), so a 47 MB MNIST payload is
+materialised once; an optional SHA-256 of the uncompressed bytes is computed from that buffer.
+Every failure is a ``DataError`` whose message starts with the file.
 """
 
+import contextlib
 import gzip
 import hashlib
 import math
 import os
 import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -28,10 +33,13 @@ from digitlab.data.errors import (
     BadMagicError,
     ChecksumMismatchError,
     CorruptGzipError,
+    FileAccessError,
+    IdxFormatError,
     TrailingBytesError,
     TruncatedError,
     UnknownDtypeError,
     UnsupportedDtypeError,
+    os_reason,
 )
 
 # IDX dtype code -> big-endian numpy dtype, as the format defines them.
@@ -46,10 +54,17 @@ IDX_DTYPES: dict[int, np.dtype] = {
 _CODE_BY_KIND: dict[tuple[str, int], int] = {(d.kind, d.itemsize): c for c, d in IDX_DTYPES.items()}
 
 GZIP_MAGIC = b"\x1f\x8b"
+# 10-byte header + at least 2 bytes of deflate data + 8-byte trailer (CRC32, ISIZE).
+_GZIP_MIN_LEN = 20
 _CHUNK = 1 << 20
 # deflate cannot expand data by more than about 1032:1; a header that asks for more than that
 # from a gzip file is truncated for certain, and allocating it could exhaust memory.
 _MAX_DEFLATE_RATIO = 1100
+
+
+def format_shape(shape: Sequence[int]) -> str:
+    """``(10000, 28, 28)`` -> ``'10000x28x28'``, the way every message writes a shape."""
+    return "x".join(str(d) for d in shape)
 
 
 @dataclass(frozen=True)
@@ -70,13 +85,29 @@ class IdxHeader:
 
     def describe(self) -> str:
         """``10000x28x28 = 7840000 bytes``."""
-        dims = "x".join(str(d) for d in self.shape)
-        return f"{dims} = {self.n_bytes} bytes"
+        return f"{format_shape(self.shape)} = {self.n_bytes} bytes"
+
+
+@contextlib.contextmanager
+def _errors_named(path: Path) -> Iterator[None]:
+    """Turn what reading ``path`` can raise into DataErrors whose message starts with the file."""
+    try:
+        yield
+    # BadGzipFile is an OSError: it must be caught before the general case.
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise CorruptGzipError(f"{path.name}: corrupt gzip stream: {e}") from None
+    except OSError as e:
+        raise FileAccessError(f"{path}: cannot read: {os_reason(e)}") from None
 
 
 def is_gzip(path: str | os.PathLike[str]) -> bool:
-    """True when the file starts with the gzip magic bytes (whatever its name says)."""
-    with open(path, "rb") as f:
+    """True when the file starts with the gzip magic bytes (whatever its name says).
+
+    Raises:
+        FileAccessError: the file cannot be read (missing, a folder, no permission).
+    """
+    path = Path(path)
+    with _errors_named(path), open(path, "rb") as f:
         return f.read(2) == GZIP_MAGIC
 
 
@@ -111,24 +142,65 @@ def _parse_header(f: BinaryIO, name: str) -> tuple[IdxHeader, bytes]:
 
 
 def _count_rest(f: BinaryIO) -> int:
+    """Bytes left in ``f``, counted through one reused chunk buffer (nothing kept)."""
+    scratch = bytearray(_CHUNK)
     n = 0
-    while chunk := f.read(_CHUNK):
-        n += len(chunk)
+    while got := f.readinto(scratch):
+        n += got
     return n
 
 
+def _length_error(name: str, header: IdxHeader, found: int) -> IdxFormatError:
+    """The error for a payload of ``found`` bytes where the header promises another length."""
+    if found < header.n_bytes:
+        return TruncatedError(f"{name}: truncated: header says {header.describe()}, found {found}")
+    return TrailingBytesError(f"{name}: overlong: header says {header.describe()}, found {found}")
+
+
+def _gzip_isize(path: Path) -> int | None:
+    """A gzip file's ISIZE trailer: the uncompressed length mod 2**32 (of its last member)."""
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) < _GZIP_MIN_LEN:
+            return None
+        f.seek(-4, os.SEEK_END)
+        return int.from_bytes(f.read(4), "little")
+
+
+def _gzip_length_plausible(path: Path, header: IdxHeader) -> bool:
+    """Whether a gzip file can hold the header's promise, judged from its size and trailer alone.
+
+    Both tests are cheap and neither allocates: deflate's expansion limit, and the ISIZE trailer,
+    which for a single-member gzip (what every writer of MNIST files makes) must equal the promised
+    length mod 2**32. A multi-member gzip can fail the second test while being right, so a False
+    here means "count before allocating", not "bad".
+    """
+    total = header.header_len + header.n_bytes
+    if header.n_bytes > path.stat().st_size * _MAX_DEFLATE_RATIO:
+        return False
+    return _gzip_isize(path) == total % 2**32
+
+
 def _read_idx_bytes(path: Path) -> tuple[IdxHeader, bytearray]:
-    """Read the uncompressed bytes of ``path`` (header + payload) into one bytearray."""
+    """Read the uncompressed bytes of ``path`` (header + payload) into one bytearray.
+
+    The payload length is checked before the buffer is allocated, so a lying header costs a
+    streamed count, never the memory it asks for.
+    """
     name = path.name
     gz = is_gzip(path)
-    file_size = path.stat().st_size
     with open_uncompressed(path) as f:
         header, head_bytes = _parse_header(f, name)
         n_bytes = header.n_bytes
-        bound = (file_size * _MAX_DEFLATE_RATIO) if gz else (file_size - len(head_bytes))
-        if n_bytes > bound:
+        if not gz:
+            found = path.stat().st_size - len(head_bytes)
+            if found != n_bytes:
+                raise _length_error(name, header, found)
+        elif not _gzip_length_plausible(path, header):
             found = _count_rest(f)
-            raise TruncatedError(f"{name}: truncated: header says {header.describe()}, found {found}")
+            if found != n_bytes:
+                raise _length_error(name, header, found)
+            # The length is right after all (a multi-member gzip): rewind past the header.
+            f.seek(len(head_bytes))
         buf = bytearray(len(head_bytes) + n_bytes)
         buf[: len(head_bytes)] = head_bytes
         view = memoryview(buf)[len(head_bytes) :]
@@ -136,15 +208,27 @@ def _read_idx_bytes(path: Path) -> tuple[IdxHeader, bytearray]:
         while got < n_bytes:
             n = f.readinto(view[got : got + _CHUNK])
             if not n:
-                raise TruncatedError(f"{name}: truncated: header says {header.describe()}, found {got}")
+                raise _length_error(name, header, got)
             got += n
         # Reading past the end also makes gzip check its CRC and length trailer.
         extra = _count_rest(f)
         if extra:
-            raise TrailingBytesError(
-                f"{name}: overlong: header says {header.describe()}, found {n_bytes + extra}"
-            )
+            raise _length_error(name, header, n_bytes + extra)
     return header, buf
+
+
+def _read_buffer(path: Path) -> tuple[IdxHeader, bytearray]:
+    with _errors_named(path):
+        return _read_idx_bytes(path)
+
+
+def _to_array(header: IdxHeader, buf: bytearray) -> np.ndarray:
+    """View ``buf``'s payload as a native-endian array (swapping ``buf`` in place: hash it first)."""
+    arr = np.frombuffer(buf, dtype=header.dtype, offset=header.header_len).reshape(header.shape)
+    if header.dtype.itemsize > 1:
+        # Swap in place and relabel: no second copy of the payload.
+        arr = arr.byteswap(inplace=True).view(header.dtype.newbyteorder("="))
+    return arr
 
 
 def read_idx(path: str | os.PathLike[str], *, sha256: str | None = None) -> np.ndarray:
@@ -161,23 +245,31 @@ def read_idx(path: str | os.PathLike[str], *, sha256: str | None = None) -> np.n
         IdxFormatError: a subclass naming the file and the problem (bad magic, unknown dtype,
             bad dimensions, truncated, overlong, corrupt gzip).
         ChecksumMismatchError: ``sha256`` was given and differs.
+        FileAccessError: the file cannot be read (missing, a folder, no permission).
     """
     path = Path(path)
-    try:
-        header, buf = _read_idx_bytes(path)
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise CorruptGzipError(f"{path.name}: corrupt gzip stream: {e}") from None
+    header, buf = _read_buffer(path)
     if sha256 is not None:
+        # Hashed from the buffer just filled: the file is read once.
         actual = hashlib.sha256(buf).hexdigest()
         if actual != sha256.lower():
             raise ChecksumMismatchError(
                 f"{path.name}: checksum mismatch: expected sha256 {sha256.lower()}, got {actual}"
             )
-    arr = np.frombuffer(buf, dtype=header.dtype, offset=header.header_len).reshape(header.shape)
-    if header.dtype.itemsize > 1:
-        # Swap in place and relabel: no second copy of the payload.
-        arr = arr.byteswap(inplace=True).view(header.dtype.newbyteorder("="))
-    return arr
+    return _to_array(header, buf)
+
+
+def read_idx_with_hash(path: str | os.PathLike[str]) -> tuple[np.ndarray, str]:
+    """Read an IDX file like ``read_idx`` and return the SHA-256 of its uncompressed bytes too.
+
+    For callers that report a checksum mismatch instead of stopping on it (``data check``).
+
+    Raises:
+        IdxFormatError, FileAccessError: as ``read_idx``.
+    """
+    header, buf = _read_buffer(Path(path))
+    digest = hashlib.sha256(buf).hexdigest()
+    return _to_array(header, buf), digest
 
 
 def hash_uncompressed(path: str | os.PathLike[str]) -> str:
@@ -185,15 +277,13 @@ def hash_uncompressed(path: str | os.PathLike[str]) -> str:
 
     Raises:
         CorruptGzipError: the gzip stream is damaged.
+        FileAccessError: the file cannot be read (missing, a folder, no permission).
     """
     path = Path(path)
     h = hashlib.sha256()
-    try:
-        with open_uncompressed(path) as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise CorruptGzipError(f"{path.name}: corrupt gzip stream: {e}") from None
+    with _errors_named(path), open_uncompressed(path) as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
     return h.hexdigest()
 
 
@@ -227,6 +317,7 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray, *, compress: bool
     Raises:
         UnsupportedDtypeError: no IDX code for the dtype.
         BadDimensionsError: a 0-d array, more than 255 dimensions, or a dimension over 2**32 - 1.
+        FileAccessError: the file or its folder cannot be written.
     """
     path = Path(path)
     array = np.asarray(array)
@@ -237,8 +328,11 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray, *, compress: bool
         compress = path.suffix == ".gz"
     header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
     payload = np.ascontiguousarray(array, dtype=IDX_DTYPES[code])
-    # mtime=0 keeps the bytes reproducible for equal arrays.
-    with atomic_path(path) as tmp, (gzip.GzipFile(tmp, "wb", mtime=0) if compress else open(tmp, "wb")) as f:
-        f.write(header)
-        f.write(memoryview(payload.reshape(-1)).cast("B"))
+    try:
+        # mtime=0 keeps the bytes reproducible for equal arrays.
+        with atomic_path(path) as tmp, (gzip.GzipFile(tmp, "wb", mtime=0) if compress else open(tmp, "wb")) as f:
+            f.write(header)
+            f.write(memoryview(payload.reshape(-1)).cast("B"))
+    except OSError as e:
+        raise FileAccessError(f"{path}: cannot write: {os_reason(e)}") from None
     return path

@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from digitlab.data.errors import DataError
 
@@ -42,26 +42,49 @@ class PreprocessSpec(BaseModel):
         return self.model_dump_json(indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "PreprocessSpec":
-        return cls.model_validate_json(text)
+    def from_json(cls, text: str | bytes, *, source: str = "preprocessing spec") -> "PreprocessSpec":
+        """Parse what ``to_json`` wrote.
+
+        Args:
+            text: the JSON.
+            source: what the text came from (e.g. the ``model.json`` path), to start the message.
+
+        Raises:
+            DataError: bad JSON, an unknown field or an invalid value; one line naming each problem.
+        """
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(map(str, err['loc']))}: {err['msg']}" if err["loc"] else err["msg"]
+                for err in e.errors()
+            )
+            raise DataError(" ".join(f"{source}: {problems}".split())) from None
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, H, W)`` or ``(B, 1, H, W)`` raw pixels -> ``(B, 1, H, W)`` float32, normalised."""
+        """``(B, H, W)`` or ``(B, 1, H, W)`` raw pixels -> ``(B, 1, H, W)`` float32, normalised.
+
+        Returns a new tensor; ``images`` is never modified (a float32 input is copied, not reused).
+        """
         if images.dim() == 3:
             images = images.unsqueeze(1)
-        # (x * scale - mean) / std as one multiply and one subtract.
+        # (x * scale - mean) / std as one multiply and one subtract, in place on the one new tensor
+        # that copy=True guarantees (uint8 -> float32 converts while copying: a single allocation).
         a = self.scale / self.std
         b = self.mean / self.std
-        return images.to(torch.float32).mul_(a).sub_(b)
+        return images.to(torch.float32, copy=True).mul_(a).sub_(b)
 
     def to_unit(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw pixels -> ``(B, 1, H, W)`` float32 in [0, 1] (the space augmentation works in)."""
+        """Raw pixels -> ``(B, 1, H, W)`` float32 in [0, 1] (the space augmentation works in).
+
+        Returns a new tensor that the caller (augmentation) may modify; ``images`` is left as it was.
+        """
         if images.dim() == 3:
             images = images.unsqueeze(1)
-        return images.to(torch.float32).mul_(self.scale)
+        return images.to(torch.float32, copy=True).mul_(self.scale)
 
     def standardize(self, x_unit: torch.Tensor) -> torch.Tensor:
-        """[0, 1] pixels -> normalised model input, in place."""
+        """[0, 1] pixels -> normalised model input, in place (pass a tensor ``to_unit`` made)."""
         return x_unit.sub_(self.mean).div_(self.std)
 
 

