@@ -13,6 +13,7 @@ from digitlab.cli import app
 from digitlab.core.config import ConfigError, RunConfig, dump_config, resolve_config
 from digitlab.training import config_from_recipe, list_recipes, resume_run, train_run
 from digitlab.training.optim import lr_factor
+from digitlab.training.trainer import EpochEnd
 
 pytestmark = pytest.mark.mnist
 TINY = ["data.train_subset=400", "data.n_val=200", "train.batch_size=50", "train.eval_batch_size=500"]
@@ -102,8 +103,8 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path: Path) ->
     cfg = config_from_recipe("default", [*TINY, *SMALL_CNN, "train.epochs=3", "model.args.dense_dropout=0.3"])
     whole = train_run(cfg, out_root=tmp_path / "whole", show_progress=False)
 
-    def kill_after_first_epoch(epoch: int, row: dict) -> None:
-        if epoch == 1:
+    def kill_after_first_epoch(end: EpochEnd) -> None:
+        if end.epoch == 1:
             raise _Killed
 
     with pytest.raises(_Killed):

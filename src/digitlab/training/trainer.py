@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from digitlab import __version__
@@ -63,6 +63,20 @@ class TrainResult:
 
 
 @dataclass
+class EpochEnd:
+    """What a callback sees after each epoch (the checkpoint is already written)."""
+
+    epoch: int
+    metrics: dict[str, Any]
+    model: nn.Module  # the model validation used (the EMA when enabled)
+    spec: PreprocessSpec
+    device: torch.device
+
+
+EpochCallback = Callable[[EpochEnd], None]
+
+
+@dataclass
 class Split:
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -89,6 +103,24 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None  # on CPU, fp32 measured faster for these small models (benchmarks/)
+
+
+def ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], Any], None]:
+    """EMA step with the usual warm-up: the effective decay is ``min(decay, (1 + n) / (10 + n))``
+    after ``n`` updates, so early epochs are not dominated by the random initial weights."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: Any) -> None:
+        n = float(n_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        floats = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1 - d)
+        for a, c in zip(averaged, current, strict=True):  # integer buffers (BN's batch count): copy
+            if not a.is_floating_point():
+                a.copy_(c)
+
+    return update
 
 
 def seed_everything(seed: int) -> None:
@@ -183,7 +215,7 @@ def train_run(
     resume: bool = False,
     show_progress: bool = True,
     log: Callable[[str], None] | None = None,
-    callbacks: Sequence[Callable[[int, dict[str, Any]], None]] = (),
+    callbacks: Sequence[EpochCallback] = (),
 ) -> TrainResult:
     """Train ``cfg`` into a new run directory (or continue ``run`` when ``resume``).
 
@@ -194,7 +226,7 @@ def train_run(
         resume: continue from ``run``'s checkpoint.
         show_progress: a progress bar per epoch on stderr.
         log: receives one line per epoch (for ``--quiet``).
-        callbacks: ``fn(epoch, metrics_row)`` after each epoch's checkpoint is written.
+        callbacks: ``fn(EpochEnd)`` after each epoch's checkpoint is written.
 
     Raises:
         DigitlabError: bad config, missing data, or an unusable run directory.
@@ -244,7 +276,7 @@ def _train_classical(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spe
 
 def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: PreprocessSpec, model: nn.Module,
                  *, resume: bool, show_progress: bool, log: Callable[[str], None] | None,
-                 callbacks: Sequence[Callable[[int, dict[str, Any]], None]]) -> TrainResult:
+                 callbacks: Sequence[EpochCallback]) -> TrainResult:
     t = cfg.train
     device = resolve_device(t.device)
     amp = autocast_dtype(t.precision, device)
@@ -258,8 +290,7 @@ def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: P
                          seed=cfg.seed, drop_last=False, device=device, augment=augmenter)
     opt = build_optimizer(cfg.optim, model.parameters())
     sched = build_scheduler(opt, cfg.schedule, steps_per_epoch=len(loader), n_epochs=t.epochs)
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
-           if t.ema_decay else None)
+    ema = AveragedModel(model, multi_avg_fn=ema_update(t.ema_decay), use_buffers=True) if t.ema_decay else None
     n_params = count_parameters(model)
 
     start_epoch, best_acc, best_epoch, stale, elapsed = 0, -1.0, 0, 0, 0.0
@@ -360,7 +391,7 @@ def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: P
             log(f"epoch {epoch + 1}/{t.epochs}: loss {row['train_loss']:.4f} train acc {row['train_acc']:.4f} "
                 f"val acc {val_acc:.4f} ({row['images_per_s']:,.0f} images/s, {train_seconds:.1f} s)")
         for callback in callbacks:
-            callback(epoch + 1, row)
+            callback(EpochEnd(epoch + 1, row, eval_model, spec, device))
     if writer is not None:
         writer.close()
 
