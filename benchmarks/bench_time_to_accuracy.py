@@ -12,6 +12,7 @@ target, or after ``--max-epochs``. Results go to ``benchmarks/results/time_to_ac
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -46,7 +47,7 @@ def main() -> None:
             cfg.train.epochs = min(cfg.train.epochs, args.max_epochs)
         trace: list[dict] = []
 
-        def measure(end: EpochEnd, trace: list[dict] = trace) -> None:
+        def measure(end: EpochEnd, trace: list[dict] = trace, recipe: str = recipe) -> None:
             logits = predict_logits(end.model, ds.test_images, end.spec, device=end.device)
             acc = float((logits.argmax(1) == torch.as_tensor(ds.test_labels, dtype=torch.int64)).float().mean())
             trace.append({"epoch": end.epoch, "test_acc": acc, "train_seconds": end.metrics["elapsed_seconds"]})
@@ -55,11 +56,9 @@ def main() -> None:
             if acc >= args.target:
                 raise _Reached
 
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                train_run(cfg, out_root=tmp, show_progress=False, callbacks=[measure])
-            except _Reached:
-                pass
+        # Reaching the target ends the run early.
+        with tempfile.TemporaryDirectory() as tmp, contextlib.suppress(_Reached):
+            train_run(cfg, out_root=tmp, show_progress=False, callbacks=[measure])
         hit = next((t for t in trace if t["test_acc"] >= args.target), None)
         out[recipe] = {"trace": trace, "seconds_to_target": hit["train_seconds"] if hit else None,
                        "epochs_to_target": hit["epoch"] if hit else None, "epochs_planned": cfg.train.epochs}
