@@ -197,7 +197,8 @@ def train(
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue this run from its checkpoint.",
                                                 exists=True, file_okay=False)] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed (same seed, same metrics on CPU).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="One log line per epoch, no progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, only one log line per epoch.")]
+    = False,
     list_all: Annotated[bool, typer.Option("--list-recipes", help="List the shipped recipes and exit.")] = False,
 ) -> None:
     """Train a recipe into a new run directory; print its best validation and its test accuracy."""
@@ -211,15 +212,19 @@ def train(
             table.add_row(name, description)
         out.print(table)
         return
-    log = (lambda line: err.print(line, highlight=False)) if quiet else None
+    # One line per epoch always; the live bar only on a terminal (in a log file it is noise).
+    def log(line: str) -> None:
+        err.print(line, highlight=False)
+
+    show_bar = not quiet and sys.stderr.isatty()
     if resume is not None:
         if overrides or seed is not None:
             raise typer.BadParameter("--resume continues a run with its own config: drop --set and --seed")
-        result = resume_run(resume, show_progress=not quiet, log=log)
+        result = resume_run(resume, show_progress=show_bar, log=log)
     else:
         sets = list(overrides or []) + ([f"seed={seed}"] if seed is not None else [])
         cfg = config_from_recipe(recipe, sets)
-        result = train_run(cfg, out_root=out_root, show_progress=not quiet, log=log)
+        result = train_run(cfg, out_root=out_root, show_progress=show_bar, log=log)
     out.print(f"run directory: {result.run_dir}")
     out.print(f"best validation accuracy: {result.best_val_acc:.4f} (epoch {result.best_epoch})")
     out.print(f"test accuracy: {result.test_acc:.4f} ({result.test_errors} errors of {result.n_test}), "
