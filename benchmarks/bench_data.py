@@ -9,7 +9,6 @@ median the typical one); the JSON keeps every run and names the machine and the 
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -18,33 +17,15 @@ from pathlib import Path
 
 import torch
 
-from digitlab import __version__
 from digitlab.data import BatchLoader, check_dataset, compute_preprocess_spec, explore_dataset, load_dataset
 from digitlab.data.splits import split_train_val
+from machine_info import machine
 
 # Batching is measured after this many untimed epochs: the first ones pay for allocator growth
 # and lazy initialisation, which a training run pays once, not per epoch.
 N_WARMUP_EPOCHS = 2
 
 
-def machine() -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "digitlab": __version__,
-    }
 
 
 def timed(fn: Callable[[], object], repeats: int) -> dict[str, object]:

@@ -11,10 +11,8 @@ replaces its entry), with a summary of mean +- std per recipe and the machine.
 """
 
 import argparse
-import contextlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -22,18 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine_info import machine
+
 NEURAL_SEEDED = ["fast", "default", "lstm", "best", "mlp-256-128", "mlp-128-64-sgd", "rnn-simple", "cnn-32-64",
                  "lenet5", "pytorch-tutorial"]
 CLASSICAL = ["svm", "knn", "random-forest", "logistic"]  # slow to fit: one seed, said plainly
 RESULTS = Path("benchmarks/results/recipes.json")
 
 
-def machine() -> dict[str, object]:
-    cpu = platform.machine()
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def run_one(recipe: str, seed: int, extra: list[str]) -> dict[str, object]:

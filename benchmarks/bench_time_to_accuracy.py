@@ -14,8 +14,6 @@ target, or after ``--max-epochs``. Results go to ``benchmarks/results/time_to_ac
 import argparse
 import contextlib
 import json
-import os
-import platform
 import tempfile
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import torch
 from digitlab.data.loading import load_dataset
 from digitlab.training import config_from_recipe, train_run
 from digitlab.training.trainer import EpochEnd, predict_logits
+from machine_info import machine
 
 RESULTS = Path("benchmarks/results/time_to_accuracy.json")
 
@@ -71,8 +70,7 @@ def main() -> None:
         "command": "python benchmarks/bench_time_to_accuracy.py " + " ".join(
             ["--recipes", *args.recipes, "--target", str(args.target)]
             + (["--max-epochs", str(args.max_epochs)] if args.max_epochs else [])),
-        "machine": {"cpu": platform.processor() or platform.machine(), "logical_cores": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": machine(),
         "recipes": out,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
