@@ -13,7 +13,7 @@ from digitlab.cli import app
 from digitlab.core.config import ConfigError, RunConfig, dump_config, resolve_config
 from digitlab.training import config_from_recipe, list_recipes, resume_run, train_run
 from digitlab.training.optim import lr_factor
-from digitlab.training.trainer import EpochEnd
+from digitlab.training.trainer import EpochEnd, TrainingInterrupted
 
 pytestmark = pytest.mark.mnist
 TINY = ["data.train_subset=400", "data.n_val=200", "train.batch_size=50", "train.eval_batch_size=500"]
@@ -159,3 +159,18 @@ def test_cli_train_errors(args: list[str], needle: str, tmp_path: Path) -> None:
 def test_cli_list_recipes() -> None:
     result = runner.invoke(app, ["train", "--list-recipes"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "pytorch-tutorial" in result.stdout and "best" in result.stdout
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path: Path) -> None:
+    cfg = config_from_recipe("fast", [*TINY, "train.epochs=2"])
+
+    def interrupt(end: EpochEnd) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted, match=r"interrupted after 1 finished epoch\(s\): continue with "
+                                                  r"digitlab train --resume ") as e:
+        train_run(cfg, out_root=tmp_path, show_progress=False, callbacks=[interrupt])
+    assert e.value.exit_code == 130
+    (run,) = tmp_path.iterdir()
+    assert str(run) in str(e.value)
+    assert resume_run(run, show_progress=False).epochs_run == 2

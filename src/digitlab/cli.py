@@ -37,7 +37,7 @@ class _Group(TyperGroup):
         except typer.TyperException as e:  # bad option, missing argument, bad value
             _fail(e.format_message(), EXIT_USAGE)
         except DigitlabError as e:
-            _fail(str(e), EXIT_USAGE)
+            _fail(str(e), e.exit_code)
         except OSError as e:  # a file or folder the user named is unusable
             where = f"{e.filename}: " if e.filename else ""
             _fail(f"{where}{e.strerror or e}", EXIT_USAGE)

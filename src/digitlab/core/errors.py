@@ -10,3 +10,5 @@ class DigitlabError(Exception):
     The CLI prints its message as one line on stderr and exits with code 2, without a traceback,
     so the message must name what was wrong and, where it helps, what to do.
     """
+
+    exit_code = 2

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from digitlab import __version__
 from digitlab.core.config import ConfigError, RunConfig, dump_config, load_yaml, resolve_config
+from digitlab.core.errors import DigitlabError
 from digitlab.core.fileio import atomic_path
 from digitlab.core.rundir import RunDir, RunDirError
 from digitlab.data.batching import BatchLoader
@@ -60,6 +61,12 @@ class TrainResult:
     train_seconds: float
     epochs_run: int
     device: str
+
+
+class TrainingInterrupted(DigitlabError):
+    """Ctrl-C during training: the last epoch's checkpoint is intact and the run can resume."""
+
+    exit_code = 130
 
 
 @dataclass
@@ -246,8 +253,13 @@ def train_run(
         run.write_text(RunDir.CONFIG, dump_config(cfg))
     if entry.kind == "classical":
         return _train_classical(cfg, run, ds, split, spec, model, log)
-    return _train_torch(cfg, run, ds, split, spec, model, resume=resume, show_progress=show_progress, log=log,
-                        callbacks=callbacks)
+    try:
+        return _train_torch(cfg, run, ds, split, spec, model, resume=resume, show_progress=show_progress, log=log,
+                            callbacks=callbacks)
+    except KeyboardInterrupt:
+        done = len(run.read_metrics())
+        raise TrainingInterrupted(f"interrupted after {done} finished epoch(s): continue with "
+                                  f"digitlab train --resume {run.path}") from None
 
 
 def _finish(run: RunDir, result: TrainResult, device: torch.device) -> TrainResult:
