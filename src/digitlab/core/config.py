@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from digitlab.core.errors import DigitlabError
+from digitlab.core.errors import DigitlabError, describe_validation_error
 
 
 class ConfigError(DigitlabError):
@@ -103,10 +103,6 @@ class RunConfig(_Strict):
     train: TrainSection = Field(default_factory=TrainSection)
 
 
-def _one_line(e: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in e.errors())
-
-
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping.
 
@@ -161,7 +157,7 @@ def resolve_config(base: dict[str, Any] | None = None, overrides: list[str] | tu
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"bad config: {_one_line(e)}") from None
+        raise ConfigError(f"bad config: {describe_validation_error(e)}") from None
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -3,6 +3,11 @@
 Usage: ``raise SomeError("file.idx: what went wrong")`` with a subclass of ``DigitlabError``.
 """
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class DigitlabError(Exception):
     """An expected failure (bad input, missing data, bad option).
@@ -12,3 +17,10 @@ class DigitlabError(Exception):
     """
 
     exit_code = 2
+
+
+def describe_validation_error(e: "ValidationError") -> str:
+    """A pydantic ``ValidationError`` as one line: ``field.path: message; ...``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" if err["loc"] else err["msg"] for err in e.errors()
+    )

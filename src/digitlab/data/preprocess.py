@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from digitlab.core.errors import describe_validation_error
 from digitlab.data.errors import DataError
 
 # MNIST's own convention: a bright digit on a dark background, fitted into a 20x20 box with its
@@ -55,11 +56,7 @@ class PreprocessSpec(BaseModel):
         try:
             return cls.model_validate_json(text)
         except ValidationError as e:
-            problems = "; ".join(
-                f"{'.'.join(map(str, err['loc']))}: {err['msg']}" if err["loc"] else err["msg"]
-                for err in e.errors()
-            )
-            raise DataError(" ".join(f"{source}: {problems}".split())) from None
+            raise DataError(" ".join(f"{source}: {describe_validation_error(e)}".split())) from None
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, H, W)`` or ``(B, 1, H, W)`` raw pixels -> ``(B, 1, H, W)`` float32, normalised.

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from digitlab.core.errors import DigitlabError
+from digitlab.core.errors import DigitlabError, describe_validation_error
 
 ModelKind = Literal["torch", "classical"]
 
@@ -80,15 +80,6 @@ def get_entry(name: str) -> ModelEntry:
         raise ModelError(f"unknown model {name!r}: choose one of {', '.join(sorted(_REGISTRY))}") from None
 
 
-def one_line_validation_error(e: ValidationError) -> str:
-    """A pydantic error as one line: ``field.path: message; ...``."""
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
-
-
 def make_config(name: str, **cfg: Any) -> ModelConfig:
     """Validate ``cfg`` against ``name``'s config class.
 
@@ -99,7 +90,7 @@ def make_config(name: str, **cfg: Any) -> ModelConfig:
     try:
         return entry.config_cls(**cfg)
     except ValidationError as e:
-        raise ModelError(f"model {name!r}: bad config: {one_line_validation_error(e)}") from None
+        raise ModelError(f"model {name!r}: bad config: {describe_validation_error(e)}") from None
 
 
 def create_model(name: str, **cfg: Any) -> Any:
