@@ -7,12 +7,15 @@ Usage::
 
 Each run is a separate ``digitlab train`` process, so its peak RSS (from ``wait4``) is its own.
 Results accumulate in ``benchmarks/results/recipes.json`` (one entry per recipe and seed; a rerun
-replaces its entry), with a summary of mean +- std per recipe and the machine.
+replaces its entry), with a summary of mean +- std per recipe and the machine. The run directories
+are kept under ``--keep DIR`` (default ``runs/bench``, as ``<recipe>-seed<N>``) for ``digitlab
+evaluate`` and ``digitlab compare``; ``--keep ''`` discards them.
 """
 
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -30,7 +33,7 @@ RESULTS = Path("benchmarks/results/recipes.json")
 
 
 
-def run_one(recipe: str, seed: int, extra: list[str]) -> dict[str, object]:
+def run_one(recipe: str, seed: int, extra: list[str], keep: Path | None) -> dict[str, object]:
     exe = Path(sys.executable).parent / "digitlab"
     with tempfile.TemporaryDirectory() as out:
         cmd = [str(exe), "train", "--recipe", recipe, "--seed", str(seed), "--out", out, "--quiet"]
@@ -46,6 +49,12 @@ def run_one(recipe: str, seed: int, extra: list[str]) -> dict[str, object]:
         (run,) = Path(out).iterdir()
         result = json.loads((run / "results.json").read_text())
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        if keep is not None and not extra:
+            dest = keep / f"{recipe}-seed{seed}"
+            if dest.exists():
+                shutil.rmtree(dest)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(run), dest)
     return {
         "recipe": recipe,
         "seed": seed,
@@ -83,11 +92,12 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="*", default=NEURAL_SEEDED + CLASSICAL)
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--set", dest="extra", action="append", default=[], help="override for every run")
+    parser.add_argument("--keep", default="runs/bench", help="where run directories are kept ('' discards them)")
     args = parser.parse_args()
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"entries": []}
     for recipe in args.recipes:
         for seed in args.seeds if recipe not in CLASSICAL else args.seeds[:1]:
-            row = run_one(recipe, seed, args.extra)
+            row = run_one(recipe, seed, args.extra, Path(args.keep) if args.keep else None)
             print(json.dumps({k: row[k] for k in ("recipe", "seed", "test_acc", "train_seconds", "images_per_s",
                                                   "peak_rss_mb")}), flush=True)
             data["entries"] = [e for e in data["entries"]

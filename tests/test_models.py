@@ -105,3 +105,20 @@ def test_hog_is_vectorised_and_orientation_aware() -> None:
     assert feats.shape == (2, 16 * 9)
     cells = feats.reshape(2, 16, 9).sum(1)
     assert cells[0].argmax() == 0 and cells[1].argmax() == 4
+
+
+def test_keras_init_matches_what_keras_starts_from() -> None:
+    torch.manual_seed(0)
+    rnn = create_model("rnn", cell="rnn", hidden_size=32, init="keras")
+    w_hh = rnn.rnn.weight_hh_l0.detach()
+    assert torch.allclose(w_hh @ w_hh.T, torch.eye(32), atol=1e-5)  # orthogonal recurrent weights
+    assert all(float(b.detach().abs().max()) == 0 for n, b in rnn.rnn.named_parameters() if n.startswith("bias"))
+    lstm = create_model("rnn", cell="lstm", hidden_size=8, init="keras")
+    assert torch.equal(lstm.rnn.bias_ih_l0[8:16], torch.ones(8))  # the forget gate starts open
+    cnn = create_model("cnn", init="keras")
+    convs = [m for m in cnn.modules() if isinstance(m, torch.nn.Conv2d)]
+    w = convs[0].weight.detach()
+    fan_in, fan_out = w.shape[1] * w[0, 0].numel(), w.shape[0] * w[0, 0].numel()
+    assert float(w.abs().max()) <= (6 / (fan_in + fan_out)) ** 0.5 and float(convs[0].bias.detach().abs().max()) == 0
+    default_conv = next(m for m in create_model("cnn").modules() if isinstance(m, torch.nn.Conv2d))
+    assert float(default_conv.bias.detach().abs().max()) > 0

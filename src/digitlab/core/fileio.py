@@ -16,6 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def temp_path(folder: str | os.PathLike[str], name: str, *, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a new, empty, uniquely named hidden file in ``folder``; remove it on exit if still there.
@@ -27,7 +33,10 @@ def temp_path(folder: str | os.PathLike[str], name: str, *, suffix: str = ".tmp"
         OSError: the folder does not exist or cannot be written.
     """
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=suffix)
-    os.close(fd)
+    try:  # mkstemp makes the file private (0600); give it the mode an ordinary open() would
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp

@@ -12,7 +12,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from digitlab.models.layers import Activation, make_activation
+from digitlab.models.layers import Activation, Init, apply_init, make_activation
 from digitlab.models.registry import ModelConfig, register_model
 
 
@@ -38,6 +38,7 @@ class CNNConfig(ModelConfig):
     dense_dropout: float = 0.0
     activation: Activation = "relu"
     global_pool: bool = False
+    init: Init = "torch"
 
 
 def _flat_features(features: nn.Module, input_size: tuple[int, int]) -> int:
@@ -83,6 +84,7 @@ class CNN(nn.Module):
             width = units
         head.append(nn.Linear(width, cfg.n_classes))
         self.head = nn.Sequential(*head)
+        apply_init(self, cfg.init)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))

@@ -1,6 +1,6 @@
 """Small building blocks shared by the model families.
 
-Usage: ``make_activation("gelu")``.
+Usage: ``make_activation("gelu")``, ``apply_init(model, "keras")``.
 """
 
 from typing import Literal
@@ -21,3 +21,20 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 def make_activation(name: Activation) -> nn.Module:
     """A fresh activation module by name."""
     return _ACTIVATIONS[name]()
+
+
+Init = Literal["torch", "keras"]
+"""How weights start: "torch" keeps PyTorch's defaults (Kaiming-uniform with a=sqrt(5), which is
+small); "keras" is Glorot-uniform weights and zero biases, what Keras' Dense and Conv2D start from,
+so replicas of Keras designs train as their references did."""
+
+
+def apply_init(module: nn.Module, init: Init) -> None:
+    """Re-initialise every Linear and Conv layer of ``module`` in the named scheme."""
+    if init == "torch":
+        return
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)

@@ -7,7 +7,7 @@ import math
 
 from torch import Tensor, nn
 
-from digitlab.models.layers import Activation, make_activation
+from digitlab.models.layers import Activation, Init, apply_init, make_activation
 from digitlab.models.registry import ModelConfig, register_model
 
 
@@ -16,6 +16,7 @@ class MLPConfig(ModelConfig):
     activation: Activation = "relu"
     dropout: float = 0.0
     batch_norm: bool = False
+    init: Init = "torch"
 
 
 class MLP(nn.Module):
@@ -33,6 +34,7 @@ class MLP(nn.Module):
             width = hidden
         layers.append(nn.Linear(width, cfg.n_classes))
         self.net = nn.Sequential(*layers)
+        apply_init(self, cfg.init)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, 1, H, W) -> (B, n_classes)
         return self.net(x)

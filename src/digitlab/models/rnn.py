@@ -7,6 +7,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from digitlab.models.layers import Init
 from digitlab.models.registry import ModelConfig, register_model
 
 _CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
@@ -19,6 +20,9 @@ class RNNConfig(ModelConfig):
     bidirectional: bool = False
     dropout: float = 0.0
     readout: Literal["last", "mean"] = "last"
+    # "torch": PyTorch's uniform(+-1/sqrt(hidden)); "keras": Glorot-uniform input weights, orthogonal
+    # recurrent weights, zero biases (what Keras' SimpleRNN/LSTM/GRU start from; steadier for plain RNNs).
+    init: Init = "torch"
 
 
 class RowRNN(nn.Module):
@@ -34,6 +38,21 @@ class RowRNN(nn.Module):
             dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
         )
         self.head = nn.Linear(cfg.hidden_size * (2 if cfg.bidirectional else 1), cfg.n_classes)
+        if cfg.init == "keras":
+            self._keras_init(cfg.hidden_size)
+
+    def _keras_init(self, hidden_size: int) -> None:
+        for name, param in self.rnn.named_parameters():
+            if name.startswith("weight_ih"):
+                nn.init.xavier_uniform_(param)  # fan-out over all gates, as Keras' kernel
+            elif name.startswith("weight_hh"):
+                nn.init.orthogonal_(param)
+            else:
+                nn.init.zeros_(param)
+                if isinstance(self.rnn, nn.LSTM) and name.startswith("bias_ih"):
+                    param.data[hidden_size : 2 * hidden_size] = 1.0  # Keras' unit_forget_bias
+        nn.init.xavier_uniform_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         seq = x.flatten(1, 2) if x.dim() == 4 else x  # (B, 1, H, W) -> (B, H, W): H steps of W pixels

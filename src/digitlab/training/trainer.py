@@ -30,7 +30,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from digitlab import __version__
-from digitlab.core.config import ConfigError, RunConfig, dump_config, load_yaml, resolve_config
+from digitlab.core.config import RunConfig, dump_config, load_yaml, resolve_config
 from digitlab.core.errors import DigitlabError
 from digitlab.core.fileio import atomic_path
 from digitlab.core.rundir import RunDir, RunDirError
@@ -39,6 +39,7 @@ from digitlab.data.loading import Dataset, load_dataset
 from digitlab.data.preprocess import PreprocessSpec, compute_preprocess_spec
 from digitlab.data.splits import split_train_val
 from digitlab.models.registry import count_parameters, create_model, get_entry, make_config
+from digitlab.models.runtime import autocast_dtype, predict_logits, resolve_device
 from digitlab.training.augment import build_augmenter
 from digitlab.training.optim import build_optimizer, build_scheduler
 
@@ -93,25 +94,6 @@ class Split:
     test_labels: np.ndarray
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise ConfigError(f"bad train.device {name!r}: {e}") from None
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where it pays: on CUDA with bf16 support under ``auto``, or when asked for."""
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None  # on CPU, fp32 measured faster for these small models (benchmarks/)
-
-
 def ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], Any], None]:
     """EMA step with the usual warm-up: the effective decay is ``min(decay, (1 + n) / (10 + n))``
     after ``n`` updates, so early epochs are not dominated by the random initial weights."""
@@ -143,23 +125,6 @@ def prepare_split(cfg: RunConfig, ds: Dataset) -> Split:
         train_idx = train_idx[: cfg.data.train_subset]
     return Split(ds.train_images[train_idx], ds.train_labels[train_idx], ds.train_images[val_idx],
                  ds.train_labels[val_idx], ds.test_images, ds.test_labels)
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, spec: PreprocessSpec, *,
-                   device: torch.device, batch_size: int = 1000, amp: torch.dtype | None = None,
-                   channels_last: bool = False) -> torch.Tensor:
-    """Logits ``(N, n_classes)`` (float32, on CPU) for raw uint8 images, batched."""
-    model.eval()
-    x_all = torch.as_tensor(images)
-    out = []
-    for start in range(0, len(x_all), batch_size):
-        x = spec.normalize(x_all[start : start + batch_size].to(device))
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            out.append(model(x).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
 
 
 def _accuracy_and_loss(logits: torch.Tensor, labels: np.ndarray) -> tuple[float, float, int]:

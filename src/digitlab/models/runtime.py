@@ -1,0 +1,53 @@
+"""Where and how a model runs: device choice, autocast, batched prediction from raw images.
+
+Usage::
+
+    device = resolve_device("auto")                      # CUDA when present, else CPU
+    logits = predict_logits(model, images_uint8, spec, device=device)
+
+Shared by training (validation, test) and inference (the Predictor): one code path from raw
+uint8 images through the preprocessing spec to logits.
+"""
+
+import numpy as np
+import torch
+from torch import nn
+
+from digitlab.core.config import ConfigError
+from digitlab.data.preprocess import PreprocessSpec
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"bad device {name!r}: {e}") from None
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where it pays: on CUDA with bf16 support under ``auto``, or when asked for."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None  # on CPU, fp32 measured faster for these small models (benchmarks/)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, spec: PreprocessSpec, *,
+                   device: torch.device, batch_size: int = 1000, amp: torch.dtype | None = None,
+                   channels_last: bool = False) -> torch.Tensor:
+    """Logits ``(N, n_classes)`` (float32, on CPU) for raw uint8 images, batched."""
+    model.eval()
+    x_all = torch.as_tensor(images)
+    out = []
+    for start in range(0, len(x_all), batch_size):
+        x = spec.normalize(x_all[start : start + batch_size].to(device))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            out.append(model(x).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
