@@ -1,5 +1,6 @@
 # digitlab: `make run` (the main job) and `make test` (the checks). Both create .venv on first use.
 SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,7 +14,7 @@ ifneq ($(wildcard $(SHARED_DATA)),)
 export DIGITLAB_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: run test lint venv bench clean
+.PHONY: run test lint venv bench clean browser
 
 # Reinstall whenever the dependencies change. torch is pinned by constraints.txt: an unpinned
 # torch would pull gigabytes of CUDA packages.
@@ -30,13 +31,21 @@ run: $(STAMP)
 	$(BIN)/digitlab data fetch --dataset $(DATASET)
 	$(BIN)/digitlab data check --dataset $(DATASET)
 	$(BIN)/digitlab data explore --dataset $(DATASET) --out $(OUT)
-	$(BIN)/digitlab train --recipe $(RECIPE) --set data.dataset=$(DATASET) --out runs
+	$(BIN)/digitlab train --recipe $(RECIPE) --set data.dataset=$(DATASET) --out runs | tee runs/.last-train
+	run=$$(sed -n 's/^run directory: //p' runs/.last-train); \
+	$(BIN)/digitlab evaluate "$$run" --robustness; \
+	$(BIN)/digitlab report "$$run" --explore $(OUT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports
 
-test: lint
+# Browser tests drive Debian's chromium through Playwright (its own browser download does not work here).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+test: lint browser
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

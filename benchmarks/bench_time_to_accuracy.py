@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from digitlab.data.loading import load_dataset
+from digitlab.models.runtime import predict_logits
 from digitlab.training import config_from_recipe, train_run
-from digitlab.training.trainer import EpochEnd, predict_logits
+from digitlab.training.trainer import EpochEnd
 from machine_info import machine
 
 RESULTS = Path("benchmarks/results/time_to_accuracy.json")

@@ -24,8 +24,8 @@ from digitlab.data.loading import load_dataset
 from digitlab.data.sources import fetch_dataset
 
 EXIT_USAGE = 2
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 class _Group(TyperGroup):
@@ -230,6 +230,73 @@ def train(
     out.print(f"test accuracy: {result.test_acc:.4f} ({result.test_errors} errors of {result.n_test}), "
               f"measured once after training")
     out.print(f"training time: {result.train_seconds:.1f} s on {result.device}, {result.n_params:,} parameters")
+
+
+def _log(line: str) -> None:
+    err.print(line, highlight=False)
+
+
+@app.command("evaluate")
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="A run directory written by `digitlab train`.", exists=True,
+                                        file_okay=False)],
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Evaluate on this dataset (default: the "
+                                                "one the run was trained on).")] = None,
+    split: Annotated[str, typer.Option("--split", help="test or val.")] = "test",
+    robustness: Annotated[bool, typer.Option("--robustness", help="Also sweep rotation, translation, scale, noise, "
+                                             "blur, stroke thickness, occlusion and inversion.")] = False,
+    samples: Annotated[int, typer.Option("--robustness-samples", min=1, help="Images used by the sweep.")] = 2000,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder holding the dataset files.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Metrics, calibration and figures of a run, written to RUN/eval/ (then `digitlab report RUN`)."""
+    from digitlab.evaluation.evaluate import evaluate_run
+
+    if split not in ("test", "val"):
+        raise typer.BadParameter(f"--split must be test or val, not {split!r}")
+    m = evaluate_run(run, dataset=dataset, split=split, robustness=robustness,  # type: ignore[arg-type]
+                     robustness_samples=samples, data_dir=str(data_dir) if data_dir else None, device=device, log=_log)
+    lo, hi = m["accuracy_ci95"]
+    cal = m["calibration"]
+    out.print(f"{m['split']} accuracy: {m['accuracy']:.4f} ({m['errors']} errors of {m['n']:,}; 95% interval "
+              f"{lo:.4f}-{hi:.4f})")
+    out.print(f"macro F1: {m['macro_avg']['f1']:.4f}; ECE {cal['ece_before']:.4f} raw, {cal['ece_after']:.4f} at "
+              f"temperature {cal['temperature']:.3f} (fitted on validation)")
+    out.print(f"inference: {m['inference']['images_per_s']:,.0f} images/s on {m['inference']['device']}")
+    out.print(f"written: {Path(m['run']) / 'eval'}")
+
+
+@app.command("compare")
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (several seeds of one recipe are averaged).",
+                                               exists=True, file_okay=False)],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the leaderboard and figures.",
+                                          file_okay=False)] = Path("runs/compare"),
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (for runs not evaluated yet).")]
+    = "auto",
+) -> None:
+    """Rank evaluated runs: accuracy, F1, size, training and inference speed, calibration."""
+    from digitlab.evaluation.compare import compare_runs, leaderboard_markdown
+
+    board = compare_runs(list(runs), out=out_dir, log=_log, device=device)
+    out.print(leaderboard_markdown(board["rows"], board["recommendations"]), highlight=False, markup=False)
+    out.print(f"written: {out_dir}")
+
+
+@app.command("report")
+def report(
+    target: Annotated[Path, typer.Argument(help="An evaluated run directory, or a `digitlab compare` folder.",
+                                           exists=True, file_okay=False)],
+    explore_dir: Annotated[Path | None, typer.Option("--explore", help="Output of `digitlab data explore` to "
+                                                     "include (default: runs/data-<dataset> when present).",
+                                                     exists=True, file_okay=False)] = None,
+) -> None:
+    """One self-contained HTML report (and a Markdown version) of a run or a comparison."""
+    from digitlab.evaluation.report import write_report
+
+    html_path, md_path = write_report(target, explore_dir=explore_dir)
+    out.print(f"report: {html_path}")
+    out.print(f"markdown: {md_path}")
 
 
 def main() -> None:

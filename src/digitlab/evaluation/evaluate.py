@@ -1,0 +1,244 @@
+"""``digitlab evaluate``: metrics, calibration, figures (and robustness) of one run, in ``RUN/eval/``.
+
+Usage::
+
+    summary = evaluate_run("runs/20261121-101500-cnn-default", robustness=True)
+    summary["accuracy"], summary["figures"]["confusion_matrix"]
+
+The temperature is fitted on the run's validation split (the same stratified, seeded split that
+training carved) and stored in the run (``calibration.json``); the test split is read only to be
+measured, after everything is fixed.
+"""
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from digitlab.core.config import ConfigError, RunConfig, load_yaml
+from digitlab.core.errors import DigitlabError
+from digitlab.core.rundir import RunDir
+from digitlab.data.loading import Dataset, load_dataset
+from digitlab.data.splits import split_train_val
+from digitlab.evaluation import plots
+from digitlab.evaluation.metrics import classification_metrics, fit_temperature, reliability_bins, top_confusions
+from digitlab.evaluation.robustness import robustness_sweep
+from digitlab.inference.predictor import Calibration, Predictor, write_calibration
+
+EVAL_DIR = "eval"
+METRICS_FILE = "metrics.json"
+THROUGHPUT_BATCH = 1000
+
+
+class EvaluationError(DigitlabError):
+    """A run that cannot be evaluated (missing model, unknown dataset, mismatched classes)."""
+
+
+def run_config(run: RunDir) -> RunConfig:
+    """The resolved config the run was trained with."""
+    try:
+        return RunConfig.model_validate(load_yaml(run.file(RunDir.CONFIG)))
+    except ConfigError as e:
+        raise EvaluationError(str(e)) from None
+    except ValueError as e:  # pydantic's ValidationError
+        raise EvaluationError(f"{run.file(RunDir.CONFIG)}: not a digitlab config: {str(e).splitlines()[0]}") from None
+
+
+def read_metrics_rows(run: RunDir) -> list[dict[str, Any]]:
+    path = run.file(RunDir.METRICS)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _timed_logits(predictor: Predictor, images: np.ndarray) -> tuple[np.ndarray, float]:
+    """Logits of every image and the inference rate in images/s (after one warm-up batch)."""
+    predictor.logits(images[:THROUGHPUT_BATCH], batch_size=THROUGHPUT_BATCH)
+    start = time.perf_counter()
+    logits = predictor.logits(images, batch_size=THROUGHPUT_BATCH)
+    seconds = time.perf_counter() - start
+    return logits, len(images) / max(seconds, 1e-9)
+
+
+def evaluate_run(path: str | os.PathLike[str], *, dataset: str | None = None, split: Literal["test", "val"] = "test",
+                 robustness: bool = False, robustness_samples: int | None = 2000, data_dir: str | None = None,
+                 device: str = "auto", log: Any = None) -> dict[str, Any]:
+    """Evaluate a trained run; writes ``RUN/eval/metrics.json`` and the figures, returns the metrics.
+
+    Args:
+        dataset: evaluate on another dataset of the same format (default: the one it was trained on).
+        split: ``test`` (default) or ``val``.
+        robustness: also sweep perturbations (rotation, shift, scale, noise, blur, thickness,
+            occlusion, inversion) over ``robustness_samples`` test images.
+        log: a callable taking one progress line (the CLI passes a stderr printer), or None.
+
+    Raises:
+        EvaluationError, PredictorError, DataError: one line each.
+    """
+    say = log or (lambda _msg: None)
+    run = RunDir.open(path)
+    cfg = run_config(run)
+    predictor = Predictor.from_run(run.path, device=device)
+    name = dataset or predictor.info.get("dataset") or cfg.data.dataset
+    ds: Dataset = load_dataset(name, data_dir or cfg.data.data_dir)
+    if ds.spec.n_classes != predictor.n_classes:
+        raise EvaluationError(f"dataset {name} has {ds.spec.n_classes} classes; the model predicts "
+                              f"{predictor.n_classes}")
+    class_names = list(ds.spec.class_names)
+
+    # 1. calibration, on validation only
+    _, val_idx = split_train_val(ds.train_labels, n_val=cfg.data.n_val, seed=cfg.data.split_seed)
+    val_images, val_labels = ds.train_images[val_idx], ds.train_labels[val_idx].astype(np.int64)
+    say(f"validation: {len(val_idx):,} images, fitting the temperature")
+    val_logits = predictor.logits(val_images)
+    temperature, nll_before, nll_after = fit_temperature(val_logits, val_labels)
+    calibration = Calibration(temperature=temperature, fitted_on="val", n=len(val_labels), nll_before=nll_before,
+                              nll_after=nll_after)
+    write_calibration(run.path, calibration)
+
+    # 2. the measured split
+    if split == "test":
+        images, labels = ds.test_images, ds.test_labels.astype(np.int64)
+        logits, rate = _timed_logits(predictor, images)
+    else:
+        images, labels, logits = val_images, val_labels, val_logits
+        _, rate = _timed_logits(predictor, images)
+    say(f"{split}: {len(labels):,} images, {rate:,.0f} images/s")
+    proba = predictor.proba_from_logits(logits)
+    proba_cal = predictor.proba_from_logits(logits, temperature)
+    m = classification_metrics(labels, proba, class_names)
+    cal = classification_metrics(labels, proba_cal, class_names)
+    cm = np.asarray(m["confusion_matrix"])
+    results = _read_results(run)
+    out: dict[str, Any] = {
+        "run": str(run.path),
+        "recipe": cfg.recipe,
+        "model": predictor.name,
+        "kind": predictor.kind,
+        "n_params": predictor.info.get("n_params"),
+        "size_bytes": model_size_bytes(run.path),
+        "train_seconds": results.get("train_seconds"),
+        "seed": cfg.seed,
+        "dataset": name,
+        "split": split,
+        "class_names": class_names,
+        "dataset_summary": _dataset_summary(ds, len(val_idx), cfg.data.train_subset),
+        **m,
+        "calibration": {
+            "bins": 15,
+            "ece_before": m["ece"],
+            "ece_after": cal["ece"],
+            "log_loss_after": cal["log_loss"],
+            "temperature": temperature,
+            "fitted_on": "val" if split == "test" else "val (the measured split itself)",
+            "val_nll_before": nll_before,
+            "val_nll_after": nll_after,
+            "reliability_before": reliability_bins(labels, proba),
+            "reliability_after": reliability_bins(labels, proba_cal),
+        },
+        "top_confusions": top_confusions(cm, class_names),
+        "inference": {"images_per_s": rate, "device": str(predictor.device), "batch_size": THROUGHPUT_BATCH},
+    }
+
+    # 3. figures
+    eval_dir = run.path / EVAL_DIR
+    eval_dir.mkdir(exist_ok=True)
+    say("figures")
+    y_pred = proba.argmax(axis=1)
+    figures = {
+        "confusion_matrix": plots.plot_confusion_matrix(cm, class_names, eval_dir / "confusion_matrix.png"),
+        "roc_curves": plots.plot_roc_curves(labels, proba, class_names, eval_dir / "roc_curves.png"),
+        "pr_curves": plots.plot_pr_curves(labels, proba, class_names, eval_dir / "pr_curves.png"),
+        "reliability": plots.plot_reliability(labels, proba, proba_cal, eval_dir / "reliability.png",
+                                              ece_before=m["ece"], ece_after=cal["ece"], temperature=temperature),
+        "confident_mistakes": plots.plot_confident_mistakes(images, labels, proba, class_names,
+                                                            eval_dir / "confident_mistakes.png"),
+        "common_confusions": plots.plot_common_confusions(images, labels, y_pred, class_names,
+                                                          eval_dir / "common_confusions.png"),
+        "predictions": plots.plot_prediction_grid(images, labels, y_pred, proba, class_names,
+                                                  eval_dir / "predictions.png", seed=cfg.seed),
+    }
+    rows = read_metrics_rows(run)
+    if rows:
+        figures["learning_curves"] = plots.plot_learning_curves(rows, eval_dir / "learning_curves.png")
+
+    # 4. robustness
+    if robustness:
+        say(f"robustness sweep on {min(robustness_samples or len(labels), len(labels)):,} images")
+        sweep = robustness_sweep(predictor.predict, images, labels, n=robustness_samples, seed=cfg.seed)
+        out["robustness"] = sweep
+        figures["robustness"] = plots.plot_robustness(sweep, eval_dir / "robustness.png")
+    else:
+        previous = _previous(eval_dir)
+        if previous.get("robustness") and previous.get("split") == split and previous.get("dataset") == name:
+            out["robustness"] = previous["robustness"]  # keep an earlier sweep of the same model and data
+            if (eval_dir / "robustness.png").is_file():
+                figures["robustness"] = eval_dir / "robustness.png"
+    out["figures"] = {k: Path(v).name for k, v in figures.items()}
+    run.write_json(f"{EVAL_DIR}/{METRICS_FILE}", _finite(out))
+    return out
+
+
+def _read_results(run: RunDir) -> dict[str, Any]:
+    path = run.file(RunDir.RESULTS)
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def _previous(eval_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((eval_dir / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _dataset_summary(ds: Dataset, n_val: int, train_subset: int | None) -> dict[str, Any]:
+    names = list(ds.spec.class_names)
+    counts = np.bincount(ds.test_labels, minlength=len(names))
+    return {
+        "name": ds.spec.name,
+        "n_train": min(len(ds.train_labels) - n_val, train_subset or len(ds.train_labels)),  # what training used
+        "n_val": n_val,
+        "n_test": len(ds.test_labels),
+        "test_class_counts": {names[i]: int(c) for i, c in enumerate(counts)},
+    }
+
+
+def model_size_bytes(run_path: str | os.PathLike[str]) -> int | None:
+    """Bytes of the saved model (weights or skops file)."""
+    for name in (RunDir.WEIGHTS, "model.skops"):
+        p = Path(run_path) / name
+        if p.is_file():
+            return p.stat().st_size
+    return None
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN: undefined values become null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def load_eval(run_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A run's ``eval/metrics.json``.
+
+    Raises:
+        EvaluationError: the run was not evaluated yet.
+    """
+    path = Path(run_path) / EVAL_DIR / METRICS_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise EvaluationError(f"{run_path}: no readable {EVAL_DIR}/{METRICS_FILE}; run `digitlab evaluate` "
+                              "first") from None

@@ -1,0 +1,217 @@
+"""``digitlab report``: one self-contained HTML page (and a Markdown twin) for a run or a comparison.
+
+Usage::
+
+    html_path, md_path = write_report("runs/20261121-101500-cnn-default")   # RUN/eval/report.html
+    html_path, md_path = write_report("runs/compare")                       # COMPARE_DIR/report.html
+
+The HTML embeds every image (base64 PNG) and its styles, and links nothing outside itself, so it
+opens offline and can be mailed as one file. The Markdown version references the PNGs next to it,
+for a README. The findings are written from the numbers: most confused classes, weakest classes,
+calibration, robustness weak points, over- or under-fitting.
+"""
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from digitlab.core.fileio import atomic_write_text
+from digitlab.core.rundir import RunDir
+from digitlab.evaluation.compare import LEADERBOARD_JSON, leaderboard_markdown
+from digitlab.evaluation.evaluate import EVAL_DIR, METRICS_FILE, EvaluationError, read_metrics_rows
+
+REPORT_HTML = "report.html"
+REPORT_MD = "report.md"
+EXPLORE_FIGURES = ("samples.png", "class_distribution.png", "mean_images.png")
+FIGURE_TITLES = {
+    "learning_curves": "Learning curves",
+    "confusion_matrix": "Confusion matrix",
+    "roc_curves": "ROC curves (one vs rest)",
+    "pr_curves": "Precision-recall curves",
+    "reliability": "Reliability diagram",
+    "confident_mistakes": "The most confident mistakes",
+    "common_confusions": "The most common confusion of each class",
+    "predictions": "Predictions on random test images",
+    "robustness": "Robustness",
+    "accuracy_vs_time": "Accuracy against training time",
+    "accuracy_vs_size": "Accuracy against model size",
+    "f1_heatmap": "Per-class F1 across models",
+}
+
+_env = jinja2.Environment(loader=jinja2.PackageLoader("digitlab.evaluation", "templates"),
+                          autoescape=jinja2.select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True,
+                          undefined=jinja2.StrictUndefined)
+_env.filters["pct"] = lambda v, d=2: "-" if v is None else f"{100 * v:.{d}f}%"
+_env.filters["num"] = lambda v, d=0: "-" if v is None else f"{v:,.{d}f}"
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _pct(v: float | None, d: int = 2) -> str:
+    return "-" if v is None else f"{100 * v:.{d}f}%"
+
+
+def findings(m: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """Plain sentences drawn from the numbers of one evaluated run."""
+    out = []
+    lo, hi = m["accuracy_ci95"]
+    out.append(f"{_pct(m['accuracy'])} of {m['n']:,} {m['split']} images right ({m['errors']:,} errors; 95% "
+               f"interval {_pct(lo)} to {_pct(hi)}); top-2 accuracy {_pct(m['top2_accuracy'])}.")
+    conf = m.get("top_confusions") or []
+    if conf:
+        pairs = "; ".join(f"{c['true']} read as {c['pred']} ({c['count']}x)" for c in conf[:3])
+        share = sum(c["count"] for c in conf[:3]) / max(m["errors"], 1)
+        out.append(f"Most confused: {pairs}; these three pairs are {share:.0%} of all errors.")
+    weakest = sorted(m["per_class"], key=lambda r: r["f1"])[:2]
+    out.append("Weakest classes by F1: " + ", ".join(f"{r['class']} (F1 {r['f1']:.4f}, recall {_pct(r['recall'])})"
+                                                     for r in weakest) + ".")
+    cal = m["calibration"]
+    t = cal["temperature"]
+    tendency = ("over-confident" if t > 1.05 else "under-confident" if t < 0.95 else "close to calibrated")
+    out.append(f"Calibration: expected calibration error {_pct(cal['ece_before'])} as trained, "
+               f"{_pct(cal['ece_after'])} after temperature scaling (T = {t:.3f}, fitted on validation): the model "
+               f"is {tendency}.")
+    rob = m.get("robustness")
+    if rob:
+        clean = m["accuracy"]
+        worst = []
+        for name, r in rob.items():
+            if name == "invert":
+                continue
+            i = min(range(len(r["accuracy"])), key=lambda k: r["accuracy"][k])
+            worst.append((r["accuracy"][i], r.get("labels", [f"{name} {v:g}" for v in r["levels"]])[i]))
+        worst.sort()
+        weak = "; ".join(f"{label}: {_pct(acc, 1)}" for acc, label in worst[:3])
+        out.append(f"Robustness weak points (clean {_pct(clean, 1)}): {weak}.")
+        if "invert" in rob:
+            out.append(f"Inverted polarity (dark ink on light paper) gives {_pct(rob['invert']['accuracy'][-1], 1)}: "
+                       "real scans must be inverted to the MNIST convention before prediction.")
+    if rows:
+        best = max(rows, key=lambda r: r.get("val_acc") or 0)
+        last = rows[-1]
+        if last.get("train_acc") is None:  # a classical model logs validation only: no gap to speak of
+            out.append(f"Training: one fit, validation accuracy {_pct(best.get('val_acc'))}.")
+        else:
+            gap = last["train_acc"] - (last.get("val_acc") or 0)
+            fit = ("training accuracy runs above validation: some over-fitting" if gap > 0.01 else
+                   "training accuracy (averaged over each epoch as the model learns, on augmented images when the "
+                   "recipe augments) stays below validation: no sign of over-fitting" if gap < -0.01 else
+                   "training and validation accuracy are close: no sign of over-fitting")
+            out.append(f"Training: best validation accuracy {_pct(best.get('val_acc'))} at epoch {best['epoch']} "
+                       f"of {last['epoch']}; {fit} (gap {100 * gap:+.2f} points at the last epoch).")
+    return out
+
+
+def _find_explore(run_path: Path, dataset: str) -> Path | None:
+    for base in (run_path.parent, run_path.parent.parent, Path("runs")):
+        cand = base / f"data-{dataset}"
+        if (cand / "summary.json").is_file():
+            return cand
+    return None
+
+
+def _run_context(run_path: Path, explore_dir: Path | None) -> dict[str, Any]:
+    run = RunDir.open(run_path)
+    eval_dir = run.path / EVAL_DIR
+    try:
+        m = json.loads((eval_dir / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        raise EvaluationError(f"{run.path}: not evaluated yet; run `digitlab evaluate {run.path}` first") from None
+    rows = read_metrics_rows(run)
+    explore = explore_dir or _find_explore(run.path, m["dataset"])
+    explore_summary = json.loads((explore / "summary.json").read_text()) if explore else None
+    figures = [{"key": k, "title": FIGURE_TITLES.get(k, k), "file": f, "path": eval_dir / f}
+               for k, f in m["figures"].items() if (eval_dir / f).is_file()]
+    return {
+        "kind": "run",
+        "title": f"digitlab report: {m.get('recipe') or m['model']} ({run.path.name})",
+        "m": m,
+        "rows": rows,
+        "config": run.file(RunDir.CONFIG).read_text(),
+        "findings": findings(m, rows),
+        "figures": figures,
+        "explore": explore_summary,
+        "explore_figures": [{"title": f, "path": explore / f} for f in EXPLORE_FIGURES
+                            if explore and (explore / f).is_file()],
+        "out_dir": eval_dir,
+    }
+
+
+def _compare_context(compare_dir: Path) -> dict[str, Any]:
+    board = json.loads((compare_dir / LEADERBOARD_JSON).read_text())
+    figures = [{"key": k, "title": FIGURE_TITLES.get(k, k), "file": f, "path": compare_dir / f}
+               for k, f in board["figures"].items() if (compare_dir / f).is_file()]
+    return {
+        "kind": "compare",
+        "title": f"digitlab comparison: {len(board['rows'])} models on {board['dataset']} {board['split']}",
+        "board": board,
+        "findings": [r["text"] for r in board["recommendations"]],
+        "figures": figures,
+        "out_dir": compare_dir,
+    }
+
+
+def _markdown(ctx: dict[str, Any]) -> str:
+    """The same report as Markdown, images referenced by relative path."""
+    out_dir: Path = ctx["out_dir"]
+
+    def rel(p: Path) -> str:
+        return os.path.relpath(p, out_dir)
+
+    lines = [f"# {ctx['title']}", "", "## Findings", ""] + [f"- {f}" for f in ctx["findings"]] + [""]
+    if ctx["kind"] == "compare":
+        b = ctx["board"]
+        lines += ["## Leaderboard", "", leaderboard_markdown(b["rows"], b["recommendations"])]
+    else:
+        m = ctx["m"]
+        lines += ["## Metrics", "", "| metric | value |", "|---|---|",
+                  f"| accuracy | {_pct(m['accuracy'])} ({m['errors']} errors of {m['n']:,}) |",
+                  f"| 95% Wilson interval | {_pct(m['accuracy_ci95'][0])} to {_pct(m['accuracy_ci95'][1])} |",
+                  f"| balanced accuracy | {_pct(m['balanced_accuracy'])} |",
+                  f"| macro F1 | {m['macro_avg']['f1']:.4f} |",
+                  f"| top-2 accuracy | {_pct(m['top2_accuracy'])} |",
+                  f"| log loss | {m['log_loss']:.4f} |",
+                  f"| macro ROC AUC | {m['roc_auc']['macro']:.5f} |" if m["roc_auc"]["macro"] is not None else
+                  "| macro ROC AUC | - |",
+                  f"| ECE (15 bins), raw / temperature-scaled | {_pct(m['calibration']['ece_before'])} / "
+                  f"{_pct(m['calibration']['ece_after'])} (T = {m['calibration']['temperature']:.3f}) |",
+                  f"| inference | {m['inference']['images_per_s']:,.0f} images/s on {m['inference']['device']} |",
+                  "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        lines += [f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |"
+                  for r in m["per_class"]]
+        lines.append("")
+    lines += ["## Figures", ""]
+    for f in ctx["figures"]:
+        lines += [f"### {f['title']}", "", f"![{f['title']}]({rel(f['path'])})", ""]
+    return "\n".join(lines)
+
+
+def write_report(target: str | os.PathLike[str], *, explore_dir: str | os.PathLike[str] | None = None
+                 ) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.md`` for a run directory (into ``RUN/eval/``) or a compare folder.
+
+    Raises:
+        EvaluationError: the target is neither an evaluated run nor a compare folder.
+    """
+    path = Path(target)
+    if (path / LEADERBOARD_JSON).is_file():
+        ctx = _compare_context(path)
+    elif (path / RunDir.CONFIG).is_file():
+        ctx = _run_context(path, Path(explore_dir) if explore_dir else None)
+    else:
+        raise EvaluationError(f"{path}: neither a run directory nor a `digitlab compare` folder")
+    for group in ("figures", "explore_figures"):
+        for f in ctx.get(group, []):
+            f["uri"] = _data_uri(f["path"])
+    html = _env.get_template("report.html.j2").render(**ctx)
+    out_dir: Path = ctx["out_dir"]
+    html_path, md_path = out_dir / REPORT_HTML, out_dir / REPORT_MD
+    atomic_write_text(html_path, html)
+    atomic_write_text(md_path, _markdown(ctx))
+    return html_path, md_path
