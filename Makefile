@@ -31,8 +31,9 @@ run: $(STAMP)
 	$(BIN)/digitlab data fetch --dataset $(DATASET)
 	$(BIN)/digitlab data check --dataset $(DATASET)
 	$(BIN)/digitlab data explore --dataset $(DATASET) --out $(OUT)
+	@mkdir -p runs
 	$(BIN)/digitlab train --recipe $(RECIPE) --set data.dataset=$(DATASET) --out runs | tee runs/.last-train
-	run=$$(sed -n 's/^run directory: //p' runs/.last-train); \
+	run=$$(sed -n 's/^run directory: //p' runs/.last-train); test -n "$$run"; \
 	$(BIN)/digitlab evaluate "$$run" --robustness; \
 	$(BIN)/digitlab report "$$run" --explore $(OUT)
 
@@ -43,7 +44,8 @@ lint: $(STAMP)
 # Browser tests drive Debian's chromium through Playwright (its own browser download does not work here).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 browser:
-	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "chromium could not be installed: the browser test will skip (and fail under CI=true)"
 
 test: lint browser
 	$(BIN)/python -m pytest -q

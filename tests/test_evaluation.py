@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from sklearn.metrics import (
     accuracy_score,
@@ -29,7 +30,7 @@ from sklearn.metrics import (
 from typer.testing import CliRunner
 
 from digitlab.cli import app
-from digitlab.core.config import dump_config
+from digitlab.core.config import ConfigError, dump_config
 from digitlab.data.splits import split_train_val
 from digitlab.evaluation import evaluate as evaluate_module
 from digitlab.evaluation import metrics as metrics_module
@@ -46,6 +47,8 @@ from digitlab.evaluation.metrics import (
 from digitlab.evaluation.report import write_report
 from digitlab.evaluation.robustness import PERTURBATIONS, perturb, robustness_sweep
 from digitlab.inference.predictor import Predictor, read_calibration, softmax
+from digitlab.models import create_model
+from digitlab.models.runtime import resolve_device
 from digitlab.training import config_from_recipe, train_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -519,7 +522,7 @@ def check_html(html: str, section_ids: tuple[str, ...], n_figures: int) -> None:
 
 def check_markdown(md_path: Path, figures: dict[str, str]) -> None:
     md = md_path.read_text()
-    assert "## Findings" in md and "data:" not in md
+    assert "## Findings" in md and "data:image" not in md
     for name in figures.values():  # figures sit next to the report: referenced by bare relative name
         assert f"]({name})" in md and (md_path.parent / name).is_file()
 
@@ -557,3 +560,65 @@ def test_report_for_a_compare_folder(runs: SimpleNamespace, board: dict) -> None
         assert rec["name"] in html
     check_markdown(md_path, board["figures"])
     assert "| # | recipe |" in md_path.read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Review findings: the SVM's decision function, corrupt files, duplicate runs, missing classes
+
+
+@pytest.mark.mnist
+def test_svm_roc_ranks_by_the_decision_function(mnist_dataset, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(evaluate_module, "plots", NoPlots())
+    cfg = config_from_recipe("svm", TINY)
+    run = Path(train_run(cfg, out_root=tmp_path, show_progress=False).run_dir)
+    m = evaluate_run(run)
+    predictor = Predictor.from_run(run)
+    assert not predictor.has_probabilities
+    decision = predictor.model.pipeline.decision_function(mnist_dataset.test_images.reshape(10000, -1))
+    onehot = np.eye(10)[mnist_dataset.test_labels]
+    assert m["roc_auc"]["macro"] == pytest.approx(roc_auc_score(onehot, decision, average="macro"), abs=1e-12)
+    assert m["roc_auc"]["per_class"]["3"] == pytest.approx(roc_auc_score(onehot[:, 3], decision[:, 3]), abs=1e-12)
+    assert m["inference"]["device"] == "cpu"
+
+
+@pytest.mark.mnist
+def test_corrupt_files_are_one_line_errors(runs: SimpleNamespace, tmp_path: Path) -> None:
+    run = Path(shutil.copytree(runs.cnn, tmp_path / "run"))
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\nnot json\n')
+    assert_one_line_error(runner.invoke(app, ["evaluate", str(run)]), "metrics.jsonl")
+    shutil.copy(runs.cnn / "metrics.jsonl", run / "metrics.jsonl")
+    (run / "model.safetensors").write_bytes(b"\x00" * 64)
+    assert_one_line_error(runner.invoke(app, ["evaluate", str(run)]), "model.safetensors")
+    (run / "model.json").write_text("{")
+    assert_one_line_error(runner.invoke(app, ["evaluate", str(run)]), "model.json")
+    (run / "eval" / "metrics.json").write_text('{"accuracy": 0.5}')
+    assert_one_line_error(runner.invoke(app, ["compare", str(run), "--out", str(tmp_path / "c")]), "metrics.json")
+
+
+@pytest.mark.mnist
+def test_compare_counts_a_run_once_and_refuses_a_repeated_seed(runs: SimpleNamespace, board: dict,
+                                                             tmp_path: Path) -> None:
+    again = compare_runs([runs.knn, runs.knn, runs.cnn], out=tmp_path / "once")
+    assert {r["name"]: r["n_runs"] for r in again["rows"]} == {"fast": 1, "knn": 1}
+    copy = Path(shutil.copytree(runs.knn, tmp_path / "copy"))
+    assert_one_line_error(runner.invoke(app, ["compare", str(runs.knn), str(copy), "--out", str(tmp_path / "c")]),
+                          "same seed")
+
+
+def test_classical_scores_keep_class_columns_when_training_lacked_a_class() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (60, 28, 28), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 4] * 15)  # class 3 never seen
+    for name in ("knn", "svm"):
+        model = create_model(name, n_classes=5).fit(images, labels)
+        scores = model.predict_scores(images[:7])
+        assert scores.shape == (7, 5)
+        assert np.all(scores[:, 3] < scores.max(axis=1))
+        assert set(scores.argmax(axis=1)) <= {0, 1, 2, 4}
+
+
+def test_cuda_asked_for_without_cuda_is_a_config_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="no CUDA"):
+        resolve_device("cuda")

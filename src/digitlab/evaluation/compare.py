@@ -33,7 +33,11 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def _group_key(m: dict[str, Any]) -> str:
-    return m.get("recipe") or Path(m["run"]).name
+    """Runs are seeds of one recipe when their whole config, seeds aside (seed, data.split_seed), is the same."""
+    cfg = dict(m.get("config") or {})
+    cfg.pop("seed", None)
+    cfg["data"] = {k: v for k, v in (cfg.get("data") or {}).items() if k != "split_seed"}
+    return json.dumps([m.get("recipe"), cfg, m["dataset"]], sort_keys=True)
 
 
 def build_rows(evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -41,8 +45,15 @@ def build_rows(evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[str, list[dict[str, Any]]] = {}
     for m in evals:
         groups.setdefault(_group_key(m), []).append(m)
+    names = [ms[0].get("recipe") or Path(ms[0]["run"]).name for ms in groups.values()]
     rows = []
-    for name, ms in groups.items():
+    for name, ms in zip(names, groups.values(), strict=True):
+        if names.count(name) > 1:  # one recipe with different overrides: name the rows apart
+            name = f"{name} ({Path(ms[0]['run']).name})"
+        seeds = [m.get("seed") for m in ms]
+        if len(set(seeds)) < len(seeds):
+            raise EvaluationError(f"{name}: several runs with the same seed ({', '.join(m['run'] for m in ms)}); "
+                                  "give each seed once")
         accs = [m["accuracy"] for m in ms]
         rows.append({
             "name": name,
@@ -136,7 +147,7 @@ def compare_runs(paths: list[str | os.PathLike[str]], *, out: str | os.PathLike[
     if not paths:
         raise EvaluationError("compare needs at least one run directory")
     evals = []
-    for p in paths:
+    for p in dict.fromkeys(Path(p).resolve() for p in paths):  # the same run given twice counts once
         run = RunDir.open(p)
         if not (run.path / EVAL_DIR / METRICS_FILE).is_file():
             say(f"evaluating {run.path} first")

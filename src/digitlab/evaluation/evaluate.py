@@ -21,11 +21,17 @@ import numpy as np
 
 from digitlab.core.config import ConfigError, RunConfig, load_yaml
 from digitlab.core.errors import DigitlabError
-from digitlab.core.rundir import RunDir
+from digitlab.core.rundir import RunDir, RunDirError
 from digitlab.data.loading import Dataset, load_dataset
 from digitlab.data.splits import split_train_val
 from digitlab.evaluation import plots
-from digitlab.evaluation.metrics import classification_metrics, fit_temperature, reliability_bins, top_confusions
+from digitlab.evaluation.metrics import (
+    ECE_BINS,
+    classification_metrics,
+    fit_temperature,
+    reliability_bins,
+    top_confusions,
+)
 from digitlab.evaluation.robustness import robustness_sweep
 from digitlab.inference.predictor import Calibration, Predictor, write_calibration
 
@@ -49,19 +55,27 @@ def run_config(run: RunDir) -> RunConfig:
 
 
 def read_metrics_rows(run: RunDir) -> list[dict[str, Any]]:
-    path = run.file(RunDir.METRICS)
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The run's per-epoch rows ([] when it has none).
+
+    Raises:
+        EvaluationError: a metrics.jsonl that is not one JSON object with an epoch per line.
+    """
+    try:
+        rows = run.read_metrics()
+    except (OSError, ValueError) as e:
+        raise EvaluationError(f"{run.file(RunDir.METRICS)}: unreadable: {e}") from None
+    if not all(isinstance(r, dict) and "epoch" in r for r in rows):
+        raise EvaluationError(f"{run.file(RunDir.METRICS)}: a line without an epoch number")
+    return rows
 
 
-def _timed_logits(predictor: Predictor, images: np.ndarray) -> tuple[np.ndarray, float]:
-    """Logits of every image and the inference rate in images/s (after one warm-up batch)."""
-    predictor.logits(images[:THROUGHPUT_BATCH], batch_size=THROUGHPUT_BATCH)
+def _timed_scores(predictor: Predictor, images: np.ndarray) -> tuple[np.ndarray, float]:
+    """Scores of every image and the inference rate in images/s (after one warm-up batch)."""
+    predictor.scores(images[:THROUGHPUT_BATCH], batch_size=THROUGHPUT_BATCH)
     start = time.perf_counter()
-    logits = predictor.logits(images, batch_size=THROUGHPUT_BATCH)
+    scores = predictor.scores(images, batch_size=THROUGHPUT_BATCH)
     seconds = time.perf_counter() - start
-    return logits, len(images) / max(seconds, 1e-9)
+    return scores, len(images) / max(seconds, 1e-9)
 
 
 def evaluate_run(path: str | os.PathLike[str], *, dataset: str | None = None, split: Literal["test", "val"] = "test",
@@ -82,35 +96,43 @@ def evaluate_run(path: str | os.PathLike[str], *, dataset: str | None = None, sp
     say = log or (lambda _msg: None)
     run = RunDir.open(path)
     cfg = run_config(run)
+    rows = read_metrics_rows(run)  # every input is checked before the long work starts
     predictor = Predictor.from_run(run.path, device=device)
-    name = dataset or predictor.info.get("dataset") or cfg.data.dataset
-    ds: Dataset = load_dataset(name, data_dir or cfg.data.data_dir)
+    trained_on = predictor.info.get("dataset") or cfg.data.dataset
+    name = dataset or trained_on
+    # another dataset is not looked for in the folder the training data came from
+    ds: Dataset = load_dataset(name, data_dir or (cfg.data.data_dir if name == trained_on else None))
     if ds.spec.n_classes != predictor.n_classes:
         raise EvaluationError(f"dataset {name} has {ds.spec.n_classes} classes; the model predicts "
                               f"{predictor.n_classes}")
     class_names = list(ds.spec.class_names)
 
-    # 1. calibration, on validation only
+    # 1. the temperature, fitted on validation only
     _, val_idx = split_train_val(ds.train_labels, n_val=cfg.data.n_val, seed=cfg.data.split_seed)
     val_images, val_labels = ds.train_images[val_idx], ds.train_labels[val_idx].astype(np.int64)
-    say(f"validation: {len(val_idx):,} images, fitting the temperature")
-    val_logits = predictor.logits(val_images)
-    temperature, nll_before, nll_after = fit_temperature(val_logits, val_labels)
-    calibration = Calibration(temperature=temperature, fitted_on="val", n=len(val_labels), nll_before=nll_before,
-                              nll_after=nll_after)
-    write_calibration(run.path, calibration)
+    if len(val_labels):
+        say(f"validation: {len(val_idx):,} images, fitting the temperature")
+        val_scores = predictor.scores(val_images)
+        temperature, nll_before, nll_after = fit_temperature(predictor.to_logits(val_scores), val_labels)
+    elif split == "val":
+        raise EvaluationError(f"{run.path}: trained with data.n_val=0, so there is no validation split to measure")
+    else:
+        say("no validation split (data.n_val=0): no temperature scaling")
+        temperature, nll_before, nll_after = 1.0, math.nan, math.nan
 
     # 2. the measured split
     if split == "test":
         images, labels = ds.test_images, ds.test_labels.astype(np.int64)
-        logits, rate = _timed_logits(predictor, images)
+        scores, rate = _timed_scores(predictor, images)
     else:
-        images, labels, logits = val_images, val_labels, val_logits
-        _, rate = _timed_logits(predictor, images)
+        images, labels, scores = val_images, val_labels, val_scores
+        _, rate = _timed_scores(predictor, images)
     say(f"{split}: {len(labels):,} images, {rate:,.0f} images/s")
-    proba = predictor.proba_from_logits(logits)
-    proba_cal = predictor.proba_from_logits(logits, temperature)
-    m = classification_metrics(labels, proba, class_names)
+    proba = predictor.proba_from_scores(scores)
+    proba_cal = predictor.proba_from_scores(scores, temperature)
+    # ROC and PR rank by the model's own scores: the SVM's decision function, others' probabilities
+    ranking = scores if predictor.kind == "classical" else proba
+    m = classification_metrics(labels, proba, class_names, ranking_scores=ranking)
     cal = classification_metrics(labels, proba_cal, class_names)
     cm = np.asarray(m["confusion_matrix"])
     results = _read_results(run)
@@ -123,18 +145,20 @@ def evaluate_run(path: str | os.PathLike[str], *, dataset: str | None = None, sp
         "size_bytes": model_size_bytes(run.path),
         "train_seconds": results.get("train_seconds"),
         "seed": cfg.seed,
+        "config": cfg.model_dump(mode="json"),
         "dataset": name,
         "split": split,
         "class_names": class_names,
         "dataset_summary": _dataset_summary(ds, len(val_idx), cfg.data.train_subset),
         **m,
         "calibration": {
-            "bins": 15,
+            "bins": ECE_BINS,
             "ece_before": m["ece"],
             "ece_after": cal["ece"],
             "log_loss_after": cal["log_loss"],
             "temperature": temperature,
-            "fitted_on": "val" if split == "test" else "val (the measured split itself)",
+            "fitted_on": ("none (no validation split)" if not len(val_labels) else
+                          "val" if split == "test" else "val (the measured split itself)"),
             "val_nll_before": nll_before,
             "val_nll_after": nll_after,
             "reliability_before": reliability_bins(labels, proba),
@@ -151,8 +175,8 @@ def evaluate_run(path: str | os.PathLike[str], *, dataset: str | None = None, sp
     y_pred = proba.argmax(axis=1)
     figures = {
         "confusion_matrix": plots.plot_confusion_matrix(cm, class_names, eval_dir / "confusion_matrix.png"),
-        "roc_curves": plots.plot_roc_curves(labels, proba, class_names, eval_dir / "roc_curves.png"),
-        "pr_curves": plots.plot_pr_curves(labels, proba, class_names, eval_dir / "pr_curves.png"),
+        "roc_curves": plots.plot_roc_curves(labels, ranking, class_names, eval_dir / "roc_curves.png"),
+        "pr_curves": plots.plot_pr_curves(labels, ranking, class_names, eval_dir / "pr_curves.png"),
         "reliability": plots.plot_reliability(labels, proba, proba_cal, eval_dir / "reliability.png",
                                               ece_before=m["ece"], ece_after=cal["ece"], temperature=temperature),
         "confident_mistakes": plots.plot_confident_mistakes(images, labels, proba, class_names,
@@ -162,7 +186,6 @@ def evaluate_run(path: str | os.PathLike[str], *, dataset: str | None = None, sp
         "predictions": plots.plot_prediction_grid(images, labels, y_pred, proba, class_names,
                                                   eval_dir / "predictions.png", seed=cfg.seed),
     }
-    rows = read_metrics_rows(run)
     if rows:
         figures["learning_curves"] = plots.plot_learning_curves(rows, eval_dir / "learning_curves.png")
 
@@ -179,22 +202,29 @@ def evaluate_run(path: str | os.PathLike[str], *, dataset: str | None = None, sp
             if (eval_dir / "robustness.png").is_file():
                 figures["robustness"] = eval_dir / "robustness.png"
     out["figures"] = {k: Path(v).name for k, v in figures.items()}
-    run.write_json(f"{EVAL_DIR}/{METRICS_FILE}", _finite(out))
+    out = _finite(out)
+    run.write_json(f"{EVAL_DIR}/{METRICS_FILE}", out)
+    # The temperature belongs to the model and the data it was trained on: stored (for the
+    # Predictor) only when fitted on that data's validation split, and last, once all else is written.
+    if len(val_labels) and name == trained_on:
+        write_calibration(run.path, Calibration(temperature=temperature, fitted_on="val", n=len(val_labels),
+                                                nll_before=nll_before, nll_after=nll_after))
     return out
 
 
 def _read_results(run: RunDir) -> dict[str, Any]:
-    path = run.file(RunDir.RESULTS)
+    """results.json, or {} for a run without one (its training time is then unknown)."""
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError:
+        return run.read_json(RunDir.RESULTS) if run.file(RunDir.RESULTS).is_file() else {}
+    except RunDirError:
         return {}
 
 
 def _previous(eval_dir: Path) -> dict[str, Any]:
+    """The last evaluation's metrics, or {} (they only lend an earlier robustness sweep)."""
     try:
-        return json.loads((eval_dir / METRICS_FILE).read_text())
-    except (OSError, ValueError):
+        return RunDir(eval_dir).read_json(METRICS_FILE)
+    except RunDirError:
         return {}
 
 
@@ -238,7 +268,16 @@ def load_eval(run_path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     path = Path(run_path) / EVAL_DIR / METRICS_FILE
     try:
-        return json.loads(path.read_text())
+        m = json.loads(path.read_text())
     except (OSError, ValueError):
         raise EvaluationError(f"{run_path}: no readable {EVAL_DIR}/{METRICS_FILE}; run `digitlab evaluate` "
                               "first") from None
+    missing = [k for k in _REQUIRED if not isinstance(m, dict) or k not in m]
+    if missing:
+        raise EvaluationError(f"{path}: not written by this digitlab (no {', '.join(missing)}); run `digitlab "
+                              "evaluate` again")
+    return m
+
+
+_REQUIRED = ("run", "model", "kind", "dataset", "split", "class_names", "accuracy", "errors", "accuracy_ci95",
+             "per_class", "macro_avg", "calibration", "inference", "figures")

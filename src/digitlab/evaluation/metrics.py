@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax
 from scipy.stats import binomtest
 from sklearn.metrics import (
     accuracy_score,
@@ -64,10 +65,7 @@ def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, n_bins: in
 
 
 def _nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
-    z = logits / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(z).sum(axis=1))
-    return float(np.mean(log_norm - z[np.arange(len(y)), y]))
+    return float(-np.mean(log_softmax(logits / temperature, axis=1)[np.arange(len(y)), y]))
 
 
 def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> tuple[float, float, float]:
@@ -89,9 +87,15 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> tuple[float, floa
     return t, before, after
 
 
-def classification_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str], *,
+                           ranking_scores: np.ndarray | None = None) -> dict[str, Any]:
     """Accuracy (errors, 95% Wilson interval), balanced accuracy, the per-class report, macro and
-    weighted averages, top-2 accuracy, log loss, one-vs-rest ROC AUC, ECE and the confusion matrix."""
+    weighted averages, top-2 accuracy, log loss, one-vs-rest ROC AUC, ECE and the confusion matrix.
+
+    Args:
+        proba: probabilities ``(N, C)``.
+        ranking_scores: what ROC AUC ranks by when not the probabilities (an SVM's decision function).
+    """
     y_true = np.asarray(y_true, dtype=np.int64)
     labels = list(range(len(class_names)))
     y_pred = proba.argmax(axis=1)
@@ -106,12 +110,15 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: l
         r = report[key]
         return {"precision": r["precision"], "recall": r["recall"], "f1": r["f1-score"]}
 
-    present = np.unique(y_true)
+    ranking = proba if ranking_scores is None else np.asarray(ranking_scores)
     onehot = label_binarize(y_true, classes=labels)
-    auc_per_class = {name: (float(roc_auc_score(onehot[:, i], proba[:, i])) if 0 < onehot[:, i].sum() < n
-                            else None) for i, name in enumerate(class_names)}
-    macro_auc = (float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=labels))
-                 if len(present) == len(labels) else None)
+    if len(labels) == 2:  # label_binarize gives one column for two classes
+        onehot = np.hstack([1 - onehot, onehot])
+    present = (onehot.sum(axis=0) > 0) & (onehot.sum(axis=0) < n)  # AUC needs positives and negatives
+    auc_per_class = {name: (float(roc_auc_score(onehot[:, i], ranking[:, i])) if present[i] else None)
+                     for i, name in enumerate(class_names)}
+    # one-vs-rest macro AUC: scikit-learn's average over the indicator columns (any scores, not only probabilities)
+    macro_auc = float(roc_auc_score(onehot, ranking, average="macro")) if present.all() else None
     return {
         "n": n,
         "accuracy": float(accuracy_score(y_true, y_pred)),

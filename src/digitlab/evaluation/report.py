@@ -157,6 +157,14 @@ def _compare_context(compare_dir: Path) -> dict[str, Any]:
     }
 
 
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
 def _markdown(ctx: dict[str, Any]) -> str:
     """The same report as Markdown, images referenced by relative path."""
     out_dir: Path = ctx["out_dir"]
@@ -170,6 +178,14 @@ def _markdown(ctx: dict[str, Any]) -> str:
         lines += ["## Leaderboard", "", leaderboard_markdown(b["rows"], b["recommendations"])]
     else:
         m = ctx["m"]
+        d = m["dataset_summary"]
+        lines += ["## Dataset", "", "| dataset | training | validation | test |", "|---|---|---|---|",
+                  f"| {d['name']} | {d['n_train']:,} | {d['n_val']:,} | {d['n_test']:,} |", ""]
+        if ctx["rows"]:
+            keys = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+            lines += ["## Training", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+            lines += ["| " + " | ".join(_cell(r.get(k)) for k in keys) + " |" for r in ctx["rows"]]
+            lines.append("")
         lines += ["## Metrics", "", "| metric | value |", "|---|---|",
                   f"| accuracy | {_pct(m['accuracy'])} ({m['errors']} errors of {m['n']:,}) |",
                   f"| 95% Wilson interval | {_pct(m['accuracy_ci95'][0])} to {_pct(m['accuracy_ci95'][1])} |",
@@ -186,6 +202,13 @@ def _markdown(ctx: dict[str, Any]) -> str:
         lines += [f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |"
                   for r in m["per_class"]]
         lines.append("")
+        if m.get("robustness"):
+            lines += ["## Robustness", "", "| perturbation | accuracy by level |", "|---|---|"]
+            lines += [f"| {name} | " + ", ".join(f"{lab}: {_pct(a, 1)}" for lab, a in zip(
+                r.get("labels", [f"{v:g}" for v in r["levels"]]), r["accuracy"], strict=True)) + " |"
+                for name, r in m["robustness"].items()]
+            lines.append("")
+        lines += ["## Config", "", "```yaml", ctx["config"].rstrip(), "```", ""]
     lines += ["## Figures", ""]
     for f in ctx["figures"]:
         lines += [f"### {f['title']}", "", f"![{f['title']}]({rel(f['path'])})", ""]

@@ -14,12 +14,14 @@ validation split (``calibration.json``), probabilities are calibrated with it un
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.special
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from digitlab.core.errors import DigitlabError
@@ -51,12 +53,8 @@ class Calibration:
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of ``logits / temperature`` (float64 for stable sums)."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z -= z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
+    """Row-wise softmax of ``logits / temperature`` (float64)."""
+    return scipy.special.softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
 
 
 class Predictor:
@@ -93,7 +91,7 @@ class Predictor:
             class_names = [str(c) for c in info["class_names"]]
         except (ValueError, KeyError, TypeError) as e:
             raise PredictorError(f"{info_path}: not a digitlab model.json ({type(e).__name__}: {e})") from None
-        dev = resolve_device(device)
+        dev = resolve_device(device) if kind != "classical" else torch.device("cpu")  # scikit-learn runs on CPU
         try:
             if kind == "classical":
                 model: Any = ClassicalModel.load(run.file("model.skops"), name, make_config(name, **args))
@@ -104,9 +102,9 @@ class Predictor:
                 model = create_model(name, **args)
                 try:
                     model.load_state_dict(load_file(str(weights)))
-                except (RuntimeError, OSError) as e:
+                except (RuntimeError, OSError, SafetensorError) as e:
                     first = str(e).strip().splitlines()[0]
-                    raise PredictorError(f"{weights}: weights do not fit {name} as model.json describes: "
+                    raise PredictorError(f"{weights}: cannot load the {name} weights model.json describes: "
                                          f"{first}") from None
                 model.to(dev).eval()
         except (ModelError, DataError) as e:
@@ -129,41 +127,46 @@ class Predictor:
             raise PredictorError(f"images of dtype {images.dtype}: the model takes uint8 pixels (0-255)")
         return images
 
-    def logits(self, images: np.ndarray, *, batch_size: int = 1000) -> np.ndarray:
-        """Uncalibrated scores ``(N, n_classes)``: a network's logits; for a classical model the log of
-        its probabilities, or its decision function when it has no probabilities (SVM)."""
+    @property
+    def has_probabilities(self) -> bool:
+        """A classical model whose scores are probabilities (k-NN, forest, logistic), not a decision function."""
+        return self.kind == "classical" and hasattr(self.model.pipeline, "predict_proba")
+
+    def scores(self, images: np.ndarray, *, batch_size: int = 1000) -> np.ndarray:
+        """Raw per-class scores ``(N, n_classes)``, what ROC and precision-recall curves rank by: a
+        network's logits; a classical model's probabilities, or its decision function (SVM)."""
         images = self._check(images)
         if self.kind == "classical":
-            scores = np.asarray(self.model.predict_scores(images), dtype=np.float64)
-            if hasattr(self.model.pipeline, "predict_proba") and _is_probability(scores):
-                return np.log(np.clip(scores, _LOG_FLOOR, 1.0))
-            return scores
-        out = predict_logits(self.model, images, self.spec, device=self.device, batch_size=batch_size)
-        return out.numpy()
+            return np.asarray(self.model.predict_scores(images), dtype=np.float64)
+        return predict_logits(self.model, images, self.spec, device=self.device, batch_size=batch_size).numpy()
+
+    def to_logits(self, scores: np.ndarray) -> np.ndarray:
+        """Scores on a logit scale, for softmax and temperature scaling (probabilities become floored
+        log-probabilities; logits and decision functions stay as they are)."""
+        if self.has_probabilities:
+            return np.log(np.clip(scores, _LOG_FLOOR, 1.0))
+        return np.asarray(scores, dtype=np.float64)
+
+    def logits(self, images: np.ndarray, *, batch_size: int = 1000) -> np.ndarray:
+        """Uncalibrated logits ``(N, n_classes)`` (see ``to_logits``)."""
+        return self.to_logits(self.scores(images, batch_size=batch_size))
+
+    def proba_from_scores(self, scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+        """Probabilities from ``scores``: ``softmax(logits / temperature)``, except that at temperature 1 a
+        classical model's own probabilities are returned exactly as it gave them (a softmax of floored
+        log-probabilities would shift rows by ~1e-12 and break the ties k-NN votes make)."""
+        if temperature == 1.0 and self.has_probabilities:
+            return np.asarray(scores, dtype=np.float64)
+        return softmax(self.to_logits(scores), temperature)
 
     def predict_proba(self, images: np.ndarray, *, calibrated: bool = True, batch_size: int = 1000) -> np.ndarray:
         """Class probabilities ``(N, n_classes)``; temperature-scaled when the run has a calibration."""
         t = self.calibration.temperature if calibrated and self.calibration else 1.0
-        return self.proba_from_logits(self.logits(images, batch_size=batch_size), t)
-
-    def proba_from_logits(self, logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-        """``softmax(logits / temperature)``; at temperature 1, a classical model's own probabilities as it gave
-        them. Its logits are floored log-probabilities, and a softmax would divide each row by ``1 + k * floor``
-        (k zero entries): a ~1e-12 difference that breaks the many ties between images (k-NN votes) and so moves
-        ROC AUC and the PR curves. ``exp`` alone is elementwise, so it keeps ties and order."""
-        if temperature == 1.0 and self.kind == "classical":
-            proba = np.exp(np.asarray(logits, dtype=np.float64))
-            if _is_probability(proba):
-                return proba
-        return softmax(logits, temperature)
+        return self.proba_from_scores(self.scores(images, batch_size=batch_size), t)
 
     def predict(self, images: np.ndarray, *, batch_size: int = 1000) -> np.ndarray:
         """Predicted class indices ``(N,)``."""
-        return self.logits(images, batch_size=batch_size).argmax(axis=1)
-
-
-def _is_probability(scores: np.ndarray) -> bool:
-    return bool(scores.size) and scores.min() >= 0 and np.allclose(scores.sum(axis=1), 1.0, atol=1e-6)
+        return self.scores(images, batch_size=batch_size).argmax(axis=1)
 
 
 def read_calibration(run_path: str | os.PathLike[str]) -> Calibration | None:
@@ -181,5 +184,5 @@ def read_calibration(run_path: str | os.PathLike[str]) -> Calibration | None:
 def write_calibration(run_path: str | os.PathLike[str], calibration: Calibration) -> Path:
     """Store a fitted temperature in the run directory (atomically)."""
     path = Path(run_path) / CALIBRATION
-    atomic_write_text(path, json.dumps(calibration.__dict__, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(asdict(calibration), indent=2) + "\n")
     return path

@@ -134,15 +134,23 @@ class ClassicalModel:
         return self.pipeline.predict(self._flat(images))
 
     def predict_scores(self, images: np.ndarray) -> np.ndarray:
-        """Per-class scores ``(N, n_classes)``: probabilities when the estimator has them, else
-        the decision function (SVM)."""
+        """Per-class scores ``(N, n_classes)``: probabilities when the estimator has them, else the
+        decision function (SVM). Column ``i`` is class ``i`` even when training lacked some class
+        (its column is then 0, or below every decision value)."""
         x = self._flat(images)
         if hasattr(self.pipeline, "predict_proba"):
-            try:
-                return self.pipeline.predict_proba(x)
-            except AttributeError:
-                pass
-        return self.pipeline.decision_function(x)
+            scores, fill = self.pipeline.predict_proba(x), 0.0
+        else:
+            scores = self.pipeline.decision_function(x)
+            if scores.ndim == 1:  # two classes: one column, positive means classes_[1]
+                scores = np.stack([-scores, scores], axis=1)
+            fill = float(scores.min()) - 1.0 if scores.size else 0.0
+        classes = np.asarray(self.pipeline.classes_)
+        if len(classes) == self.config.n_classes and np.array_equal(classes, np.arange(self.config.n_classes)):
+            return scores
+        out = np.full((len(x), self.config.n_classes), fill, dtype=np.float64)
+        out[:, classes.astype(int)] = scores
+        return out
 
     @property
     def n_parameters_(self) -> int:
