@@ -185,6 +185,10 @@ def data_explore(
         out.print(f"  {path}")
 
 
+def _log(line: str) -> None:
+    err.print(line, highlight=False)
+
+
 @app.command("train")
 def train(
     recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe name (see --list-recipes) or YAML file.")]
@@ -213,27 +217,21 @@ def train(
         out.print(table)
         return
     # One line per epoch always; the live bar only on a terminal (in a log file it is noise).
-    def log(line: str) -> None:
-        err.print(line, highlight=False)
-
     show_bar = not quiet and sys.stderr.isatty()
     if resume is not None:
         if overrides or seed is not None:
             raise typer.BadParameter("--resume continues a run with its own config: drop --set and --seed")
-        result = resume_run(resume, show_progress=show_bar, log=log)
+        result = resume_run(resume, show_progress=show_bar, log=_log)
     else:
         sets = list(overrides or []) + ([f"seed={seed}"] if seed is not None else [])
         cfg = config_from_recipe(recipe, sets)
-        result = train_run(cfg, out_root=out_root, show_progress=show_bar, log=log)
+        result = train_run(cfg, out_root=out_root, show_progress=show_bar, log=_log)
     out.print(f"run directory: {result.run_dir}")
     out.print(f"best validation accuracy: {result.best_val_acc:.4f} (epoch {result.best_epoch})")
-    out.print(f"test accuracy: {result.test_acc:.4f} ({result.test_errors} errors of {result.n_test}), "
-              f"measured once after training")
+    if result.test_acc is not None:
+        out.print(f"test accuracy: {result.test_acc:.4f} ({result.test_errors} errors of {result.n_test}), "
+                  f"measured once after training")
     out.print(f"training time: {result.train_seconds:.1f} s on {result.device}, {result.n_params:,} parameters")
-
-
-def _log(line: str) -> None:
-    err.print(line, highlight=False)
 
 
 @app.command("evaluate")
@@ -297,6 +295,71 @@ def report(
     html_path, md_path = write_report(target, explore_dir=explore_dir)
     out.print(f"report: {html_path}")
     out.print(f"markdown: {md_path}")
+
+
+@app.command("tune")
+def tune(
+    recipe: Annotated[str | None, typer.Option("--recipe", "-r", help="Recipe to tune (default: the one the space "
+                                               "names).")] = None,
+    space: Annotated[str, typer.Option("--space", help="Search space: a shipped name (seed-grid, best-wide) or a "
+                                       "YAML file.")] = "seed-grid",
+    trials: Annotated[int, typer.Option("--trials", "-n", min=1, help="Trials in the study, all workers together.")]
+    = 20,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=0, help="Stop taking trials after S seconds.")]
+    = None,
+    storage: Annotated[str | None, typer.Option("--storage", help="SQLAlchemy URL (default: sqlite in the study "
+                                                "folder; PostgreSQL for workers on several machines).")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Study name (default: RECIPE-SPACE).")] = None,
+    n_jobs: Annotated[int, typer.Option("--n-jobs", "-j", min=1, help="Worker processes on this machine.")] = 1,
+    sampler: Annotated[str, typer.Option("--sampler", help="tpe, random, grid or cmaes.")] = "tpe",
+    pruner: Annotated[str, typer.Option("--pruner", help="median, hyperband or none.")] = "median",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an existing study.")] = False,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a recipe key in every trial (repeatable).")
+    ] = None,
+    out_root: Annotated[Path, typer.Option("--out", help="Parent folder of the study folder.", file_okay=False)]
+    = Path("runs"),
+    seed: Annotated[int, typer.Option("--seed", help="Sampler seed.")] = 0,
+    worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
+    list_all: Annotated[bool, typer.Option("--list-spaces", help="List the shipped search spaces and exit.")] = False,
+) -> None:
+    """Tune a recipe with Optuna on the validation split; write the trials, figures and the best recipe."""
+    from digitlab.tuning.space import list_spaces
+    from digitlab.tuning.study import PRUNERS, SAMPLERS, TuneOptions
+    from digitlab.tuning.study import tune as run_tune
+
+    if list_all:
+        table = Table(title="search spaces (digitlab tune --space NAME)")
+        table.add_column("name")
+        table.add_column("description", overflow="fold")
+        for name, description in list_spaces():
+            table.add_row(name, description)
+        out.print(table)
+        return
+    if sampler not in SAMPLERS:
+        raise typer.BadParameter(f"--sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
+    if pruner not in PRUNERS:
+        raise typer.BadParameter(f"--pruner must be one of {', '.join(PRUNERS)}, not {pruner!r}")
+    opts = TuneOptions(recipe=recipe, space=space, trials=trials, timeout=timeout, storage=storage, study=study,
+                       n_jobs=n_jobs, sampler=sampler, pruner=pruner, resume=resume, overrides=list(overrides or []),
+                       out_root=str(out_root), seed=seed, worker=worker)
+    summary = run_tune(opts, log=_log)
+    if worker:
+        return
+    table = Table(title=f"study {summary['study']}: {summary['n_trials']} trials")
+    columns = [c for c in (summary["trials"][0] if summary["trials"] else {}) if c != "run_dir"]
+    for c in columns:  # parameters by their last key parts: blocks.0.filters, dense.0, lr
+        label = c.removeprefix("model.args.").removeprefix("optim.").removeprefix("train.")
+        table.add_column(label, justify="left" if c == "state" else "right")
+    for r in summary["trials"]:
+        table.add_row(*["-" if r[c] is None else f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])
+                        for c in columns])
+    out.print(table)
+    if summary["best"]:
+        b = summary["best"]
+        out.print(f"best: trial {b['number']}, validation accuracy {b['value']:.4f} ({', '.join(b['overrides'])})")
+        out.print(f"best recipe: {b['recipe_file']} (digitlab train --recipe {b['recipe_file']})")
+    out.print(f"written: {summary['dir']} (trials.csv, figures, summary.html)")
 
 
 def main() -> None:

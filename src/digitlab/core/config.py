@@ -122,7 +122,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def apply_override(data: dict[str, Any], expr: str) -> None:
-    """Apply one ``dotted.key=value`` (value parsed as YAML) to ``data`` in place.
+    """Apply one ``dotted.key=value`` (value parsed as YAML) to ``data`` in place; a number after a
+    list picks an element (``model.args.blocks.0.filters=64``).
 
     Raises:
         ConfigError: no ``=``, an empty key, or a path through a non-mapping.
@@ -135,14 +136,26 @@ def apply_override(data: dict[str, Any], expr: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    node = data
+    node: Any = data
     parts = key.split(".")
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"bad --set {expr!r}: {'.'.join(parts[: i + 1])} is not a section")
-        node = child
-    node[parts[-1]] = value
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):  # a list element by index: model.args.blocks.0.filters=64
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"bad --set {expr!r}: {'.'.join(parts[:i]) or 'the config'} is a list of "
+                                  f"{len(node)}; {part!r} is not an index into it")
+            if last:
+                node[int(part)] = value
+                return
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+                return
+            node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"bad --set {expr!r}: {where.rpartition('.')[0]} is not a section")
 
 
 def resolve_config(base: dict[str, Any] | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

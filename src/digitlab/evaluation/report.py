@@ -45,7 +45,6 @@ FIGURE_TITLES = {
 _env = jinja2.Environment(loader=jinja2.PackageLoader("digitlab.evaluation", "templates"),
                           autoescape=jinja2.select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True,
                           undefined=jinja2.StrictUndefined)
-_env.filters["pct"] = lambda v, d=2: "-" if v is None else f"{100 * v:.{d}f}%"
 _env.filters["num"] = lambda v, d=0: "-" if v is None else f"{v:,.{d}f}"
 
 
@@ -55,6 +54,9 @@ def _data_uri(path: Path) -> str:
 
 def _pct(v: float | None, d: int = 2) -> str:
     return "-" if v is None else f"{100 * v:.{d}f}%"
+
+
+_env.filters["pct"] = _pct
 
 
 def findings(m: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:

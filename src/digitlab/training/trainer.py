@@ -56,8 +56,8 @@ class TrainResult:
     n_params: int
     best_val_acc: float
     best_epoch: int
-    test_acc: float
-    test_errors: int
+    test_acc: float | None  # None when the run was told not to touch the test split (tuning trials)
+    test_errors: int | None
     n_test: int
     train_seconds: float
     epochs_run: int
@@ -188,6 +188,7 @@ def train_run(
     show_progress: bool = True,
     log: Callable[[str], None] | None = None,
     callbacks: Sequence[EpochCallback] = (),
+    evaluate_test: bool = True,
 ) -> TrainResult:
     """Train ``cfg`` into a new run directory (or continue ``run`` when ``resume``).
 
@@ -199,6 +200,7 @@ def train_run(
         show_progress: a progress bar per epoch on stderr.
         log: receives one line per epoch (for ``--quiet``).
         callbacks: ``fn(EpochEnd)`` after each epoch's checkpoint is written.
+        evaluate_test: measure the test split once at the end; False leaves it unread (tuning).
 
     Raises:
         DigitlabError: bad config, missing data, or an unusable run directory.
@@ -217,10 +219,10 @@ def train_run(
     if not resume:
         run.write_text(RunDir.CONFIG, dump_config(cfg))
     if entry.kind == "classical":
-        return _train_classical(cfg, run, ds, split, spec, model, log)
+        return _train_classical(cfg, run, ds, split, spec, model, log, evaluate_test)
     try:
         return _train_torch(cfg, run, ds, split, spec, model, resume=resume, show_progress=show_progress, log=log,
-                            callbacks=callbacks)
+                            callbacks=callbacks, evaluate_test=evaluate_test)
     except KeyboardInterrupt:
         done = len(run.read_metrics())
         raise TrainingInterrupted(f"interrupted after {done} finished epoch(s): continue with "
@@ -233,27 +235,29 @@ def _finish(run: RunDir, result: TrainResult, device: torch.device) -> TrainResu
 
 
 def _train_classical(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: PreprocessSpec, model: Any,
-                     log: Callable[[str], None] | None) -> TrainResult:
+                     log: Callable[[str], None] | None, evaluate_test: bool) -> TrainResult:
     start = time.perf_counter()
     model.fit(split.train_images, split.train_labels)
     seconds = time.perf_counter() - start
     val_acc = float((model.predict(split.val_images) == split.val_labels).mean()) if len(split.val_labels) else 0.0
     model.save(run.file("model.skops"))
     run.write_json(RunDir.MODEL_JSON, _model_json(cfg, ds, spec, model.n_parameters_, "classical"))
-    test_pred = model.predict(split.test_images)
-    errors = int((test_pred != split.test_labels).sum())
     run.append_metrics({"epoch": 1, "val_acc": val_acc, "seconds": seconds,
                         "images_per_s": len(split.train_labels) / max(seconds, 1e-9)})
     if log:
         log(f"fitted {cfg.model.name} in {seconds:.1f} s: val acc {val_acc:.4f}")
-    result = TrainResult(str(run.path), cfg.model.name, model.n_parameters_, val_acc, 1,
-                         1 - errors / len(split.test_labels), errors, len(split.test_labels), seconds, 1, "cpu")
+    test_acc, errors, n_test = None, None, 0
+    if evaluate_test:
+        errors, n_test = int((model.predict(split.test_images) != split.test_labels).sum()), len(split.test_labels)
+        test_acc = 1 - errors / n_test
+    result = TrainResult(str(run.path), cfg.model.name, model.n_parameters_, val_acc, 1, test_acc, errors, n_test,
+                         seconds, 1, "cpu")
     return _finish(run, result, torch.device("cpu"))
 
 
 def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: PreprocessSpec, model: nn.Module,
                  *, resume: bool, show_progress: bool, log: Callable[[str], None] | None,
-                 callbacks: Sequence[EpochCallback]) -> TrainResult:
+                 callbacks: Sequence[EpochCallback], evaluate_test: bool) -> TrainResult:
     t = cfg.train
     device = resolve_device(t.device)
     amp = autocast_dtype(t.precision, device)
@@ -377,11 +381,14 @@ def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: P
     with atomic_path(run.file(RunDir.WEIGHTS)) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in eval_model.state_dict().items()}, str(tmp))
     run.write_json(RunDir.MODEL_JSON, _model_json(cfg, ds, spec, n_params, "torch"))
-    test_logits = predict_logits(eval_model, split.test_images, spec, device=device, batch_size=t.eval_batch_size,
-                                 amp=amp, channels_last=t.channels_last)
-    test_acc, _, errors = _accuracy_and_loss(test_logits, split.test_labels)
-    result = TrainResult(str(run.path), cfg.model.name, n_params, best_acc, best_epoch, test_acc, errors,
-                         len(split.test_labels), elapsed, epochs_run, str(device))
+    test_acc, errors, n_test = None, None, 0
+    if evaluate_test:
+        test_logits = predict_logits(eval_model, split.test_images, spec, device=device,
+                                     batch_size=t.eval_batch_size, amp=amp, channels_last=t.channels_last)
+        test_acc, _, errors = _accuracy_and_loss(test_logits, split.test_labels)
+        n_test = len(split.test_labels)
+    result = TrainResult(str(run.path), cfg.model.name, n_params, best_acc, best_epoch, test_acc, errors, n_test,
+                         elapsed, epochs_run, str(device))
     return _finish(run, result, device)
 
 
