@@ -4,8 +4,10 @@ one study, resume, and one-line errors."""
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from typer.testing import CliRunner
 from digitlab.cli import app
 from digitlab.data import loading
 from digitlab.training import config_from_recipe
-from digitlab.tuning.space import TuningError, list_spaces, load_space
+from digitlab.tuning.space import TuningError, list_spaces, load_space, override
 from digitlab.tuning.study import TuneOptions, tune
 
 TINY = ["data.train_subset=300", "data.n_val=200", "train.batch_size=50", "train.eval_batch_size=500",
@@ -155,9 +157,31 @@ def test_list_spaces() -> None:
 
 
 def test_override_values_round_trip() -> None:
-    from digitlab.tuning.space import override
-
     assert override("train.ema_decay", None) == "train.ema_decay=null"
     assert override("optim.lr", 0.001) == "optim.lr=0.001"
     assert override("model.args.dense", [32, 64]) == "model.args.dense=[32, 64]"
     assert np.isclose(config_from_recipe("fast", [override("optim.lr", 1e-4)]).optim.lr, 1e-4)
+
+
+@pytest.mark.mnist
+def test_ctrl_c_finishes_the_running_trial_and_resume_goes_on(mnist_dataset, tmp_path: Path) -> None:
+    args = [sys.executable, "-m", "digitlab.cli", "tune", "--space", "seed-grid", "--sampler", "grid",
+            "--pruner", "none", "--trials", "3", "--out", str(tmp_path), "--study", "cut",
+            *[x for o in TINY for x in ("--set", o)]]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    trials = tmp_path / "tune-cut" / "trials"
+    deadline = time.monotonic() + 120
+    while not (trials.exists() and any(trials.iterdir())) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the study ended before a trial started"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "Ctrl-C" in err and "--resume" in out
+    storage = f"sqlite:///{tmp_path / 'tune-cut' / 'study.db'}"
+    first = optuna.load_study(study_name="cut", storage=storage).trials
+    assert 1 <= len(first) < 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in first)
+    done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    final = optuna.load_study(study_name="cut", storage=storage).trials
+    assert len(final) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in final)

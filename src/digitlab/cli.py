@@ -360,6 +360,9 @@ def tune(
         out.print(f"best: trial {b['number']}, validation accuracy {b['value']:.4f} ({', '.join(b['overrides'])})")
         out.print(f"best recipe: {b['recipe_file']} (digitlab train --recipe {b['recipe_file']})")
     out.print(f"written: {summary['dir']} (trials.csv, figures, summary.html)")
+    if summary["interrupted"]:
+        resume_cmd = f"digitlab tune --study {summary['study']} --resume ... (the same options)"
+        out.print(f"stopped by Ctrl-C after the running trial; continue with {resume_cmd}")
 
 
 def main() -> None:

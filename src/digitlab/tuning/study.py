@@ -198,7 +198,9 @@ def tune(opts: TuneOptions, log: Callable[[str], None] | None = None) -> dict[st
             say(f"a worker exited with code {proc.returncode}")
     if opts.worker:
         return {}
-    return write_results(study, folder, recipe, space, opts)
+    summary = write_results(study, folder, recipe, space, opts)
+    summary["interrupted"] = stop["stop"]
+    return summary
 
 
 def _spawn_worker(opts: TuneOptions, name: str, url: str) -> subprocess.Popen:
