@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/bench_tuning.py grid      # 27 trials, 1 epoch each, then retrain the best recipe
-    .venv/bin/python benchmarks/bench_tuning.py pruning   # the same 12 random trials, median pruner vs none
+    .venv/bin/python benchmarks/bench_tuning.py pruning   # the same 10 random trials, median pruner vs none
 
 Each study is one ``digitlab tune`` process (timed from outside); the trials' own durations come
 from the study. Results go to ``benchmarks/results/tuning.json`` (one entry per mode, replaced on rerun).
@@ -64,8 +64,8 @@ def grid(out: Path) -> dict:
 
 
 def pruning(out: Path) -> dict:
-    common = ["--recipe", "cnn-32-64", "--space", "seed-grid", "--sampler", "random", "--trials", "12",
-              "--set", "train.epochs=3", "--set", "data.train_subset=20000"]
+    common = ["--recipe", "cnn-32-64", "--space", "seed-grid", "--sampler", "random", "--trials", "10",
+              "--set", "train.epochs=3", "--set", "data.train_subset=10000"]
     return {"median": run_study(out, "pruned", [*common, "--pruner", "median"]),
             "none": run_study(out, "unpruned", [*common, "--pruner", "none"])}
 
