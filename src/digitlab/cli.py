@@ -185,6 +185,16 @@ def data_explore(
         out.print(f"  {path}")
 
 
+def _print_named(items: list[tuple[str, str]], title: str) -> None:
+    """A (name, description) listing as a table."""
+    table = Table(title=title)
+    table.add_column("name")
+    table.add_column("description", overflow="fold")
+    for name, description in items:
+        table.add_row(name, description)
+    out.print(table)
+
+
 def _log(line: str) -> None:
     err.print(line, highlight=False)
 
@@ -209,12 +219,7 @@ def train(
     from digitlab.training import config_from_recipe, list_recipes, resume_run, train_run
 
     if list_all:
-        table = Table(title="recipes (digitlab train --recipe NAME)")
-        table.add_column("name")
-        table.add_column("description", overflow="fold")
-        for name, description in list_recipes():
-            table.add_row(name, description)
-        out.print(table)
+        _print_named(list_recipes(), "recipes (digitlab train --recipe NAME)")
         return
     # One line per epoch always; the live bar only on a terminal (in a log file it is noise).
     show_bar = not quiet and sys.stderr.isatty()
@@ -329,12 +334,7 @@ def tune(
     from digitlab.tuning.study import tune as run_tune
 
     if list_all:
-        table = Table(title="search spaces (digitlab tune --space NAME)")
-        table.add_column("name")
-        table.add_column("description", overflow="fold")
-        for name, description in list_spaces():
-            table.add_row(name, description)
-        out.print(table)
+        _print_named(list_spaces(), "search spaces (digitlab tune --space NAME)")
         return
     if sampler not in SAMPLERS:
         raise typer.BadParameter(f"--sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")

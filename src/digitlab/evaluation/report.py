@@ -48,7 +48,8 @@ _env = jinja2.Environment(loader=jinja2.PackageLoader("digitlab.evaluation", "te
 _env.filters["num"] = lambda v, d=0: "-" if v is None else f"{v:,.{d}f}"
 
 
-def _data_uri(path: Path) -> str:
+def data_uri(path: Path) -> str:
+    """A PNG file as a ``data:`` URI, to embed in a self-contained page."""
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
@@ -118,6 +119,12 @@ def _find_explore(run_path: Path, dataset: str) -> Path | None:
     return None
 
 
+def _figures(files: dict[str, str], folder: Path) -> list[dict[str, Any]]:
+    """The figures a metrics.json or leaderboard.json lists that exist in ``folder``, titled."""
+    return [{"key": k, "title": FIGURE_TITLES.get(k, k), "file": f, "path": folder / f}
+            for k, f in files.items() if (folder / f).is_file()]
+
+
 def _run_context(run_path: Path, explore_dir: Path | None) -> dict[str, Any]:
     run = RunDir.open(run_path)
     eval_dir = run.path / EVAL_DIR
@@ -128,8 +135,6 @@ def _run_context(run_path: Path, explore_dir: Path | None) -> dict[str, Any]:
     rows = read_metrics_rows(run)
     explore = explore_dir or _find_explore(run.path, m["dataset"])
     explore_summary = json.loads((explore / "summary.json").read_text()) if explore else None
-    figures = [{"key": k, "title": FIGURE_TITLES.get(k, k), "file": f, "path": eval_dir / f}
-               for k, f in m["figures"].items() if (eval_dir / f).is_file()]
     return {
         "kind": "run",
         "title": f"digitlab report: {m.get('recipe') or m['model']} ({run.path.name})",
@@ -137,7 +142,7 @@ def _run_context(run_path: Path, explore_dir: Path | None) -> dict[str, Any]:
         "rows": rows,
         "config": run.file(RunDir.CONFIG).read_text(),
         "findings": findings(m, rows),
-        "figures": figures,
+        "figures": _figures(m["figures"], eval_dir),
         "explore": explore_summary,
         "explore_figures": [{"title": f, "path": explore / f} for f in EXPLORE_FIGURES
                             if explore and (explore / f).is_file()],
@@ -147,19 +152,18 @@ def _run_context(run_path: Path, explore_dir: Path | None) -> dict[str, Any]:
 
 def _compare_context(compare_dir: Path) -> dict[str, Any]:
     board = json.loads((compare_dir / LEADERBOARD_JSON).read_text())
-    figures = [{"key": k, "title": FIGURE_TITLES.get(k, k), "file": f, "path": compare_dir / f}
-               for k, f in board["figures"].items() if (compare_dir / f).is_file()]
     return {
         "kind": "compare",
         "title": f"digitlab comparison: {len(board['rows'])} models on {board['dataset']} {board['split']}",
         "board": board,
         "findings": [r["text"] for r in board["recommendations"]],
-        "figures": figures,
+        "figures": _figures(board["figures"], compare_dir),
         "out_dir": compare_dir,
     }
 
 
-def _cell(v: Any) -> str:
+def format_cell(v: Any) -> str:
+    """A table cell: "-" for a missing value, 4 significant digits for a float."""
     if v is None:
         return "-"
     if isinstance(v, float):
@@ -186,7 +190,7 @@ def _markdown(ctx: dict[str, Any]) -> str:
         if ctx["rows"]:
             keys = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
             lines += ["## Training", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-            lines += ["| " + " | ".join(_cell(r.get(k)) for k in keys) + " |" for r in ctx["rows"]]
+            lines += ["| " + " | ".join(format_cell(r.get(k)) for k in keys) + " |" for r in ctx["rows"]]
             lines.append("")
         lines += ["## Metrics", "", "| metric | value |", "|---|---|",
                   f"| accuracy | {_pct(m['accuracy'])} ({m['errors']} errors of {m['n']:,}) |",
@@ -233,7 +237,7 @@ def write_report(target: str | os.PathLike[str], *, explore_dir: str | os.PathLi
         raise EvaluationError(f"{path}: neither a run directory nor a `digitlab compare` folder")
     for group in ("figures", "explore_figures"):
         for f in ctx.get(group, []):
-            f["uri"] = _data_uri(f["path"])
+            f["uri"] = data_uri(f["path"])
     html = _env.get_template("report.html.j2").render(**ctx)
     out_dir: Path = ctx["out_dir"]
     html_path, md_path = out_dir / REPORT_HTML, out_dir / REPORT_MD

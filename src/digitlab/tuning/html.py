@@ -3,13 +3,13 @@
 Usage: ``write_summary_html(summary, study_folder)`` -> ``study_folder/summary.html``.
 """
 
-import base64
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
 from digitlab.core.fileio import atomic_write_text
+from digitlab.evaluation.report import data_uri, format_cell
 
 _env = jinja2.Environment(
     loader=jinja2.ChoiceLoader([jinja2.PackageLoader("digitlab.tuning", "templates"),
@@ -18,22 +18,13 @@ _env = jinja2.Environment(
     undefined=jinja2.StrictUndefined)
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
 def write_summary_html(summary: dict[str, Any], folder: Path) -> Path:
-    figures = [{"title": key.replace("_", " "), "uri": "data:image/png;base64,"
-                + base64.b64encode((folder / name).read_bytes()).decode("ascii")}
+    figures = [{"title": key.replace("_", " "), "uri": data_uri(folder / name)}
                for key, name in summary.get("figures", {}).items() if (folder / name).is_file()]
     columns = list(summary["trials"][0]) if summary["trials"] else []
     best_file = folder / "best-recipe.yaml"
     html = _env.get_template("summary.html.j2").render(
-        s=summary, figures=figures, columns=columns, fmt=_fmt,
+        s=summary, figures=figures, columns=columns, fmt=format_cell,
         best_recipe=best_file.read_text() if best_file.is_file() else "")
     path = folder / "summary.html"
     atomic_write_text(path, html)
