@@ -37,6 +37,7 @@ matplotlib.use("Agg")  # Optuna's figures go through pyplot; never a window
 
 import matplotlib.pyplot as plt
 import optuna
+import sqlalchemy
 from optuna.visualization import matplotlib as ovm
 
 from digitlab.core.config import dump_config
@@ -96,16 +97,36 @@ def _pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     raise TuningError(f"unknown pruner {name!r}; choose from {', '.join(PRUNERS)}")
 
 
-def _storage(url: str) -> optuna.storages.BaseStorage:
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[io.TextIOWrapper]:
+    """An exclusive lock between processes on this machine, held for the ``with`` block."""
+    path.touch(exist_ok=True)
+    with open(path) as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield lock
+
+
+def _storage(url: str, attempts: int = 3) -> optuna.storages.BaseStorage:
+    """Open (creating its tables if new) the study database.
+
+    Workers starting together on a new database race to create its schema; the loser's insert
+    fails on a unique constraint although the schema is then complete, so a failed attempt is
+    retried before it is reported (workers on one machine also take a file lock around this).
+    """
     kwargs: dict[str, Any] = {"heartbeat_interval": 30, "grace_period": 120}  # a killed worker's trial fails
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # workers wait for the file lock
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
-            return optuna.storages.RDBStorage(url, **kwargs)
-    except Exception as e:  # SQLAlchemy raises many kinds (bad URL, driver missing, cannot connect)
-        raise TuningError(f"storage {url}: {str(e).splitlines()[0]}") from None
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
+                return optuna.storages.RDBStorage(url, **kwargs)
+        except Exception as e:  # SQLAlchemy raises many kinds (bad URL, driver missing, cannot connect)
+            error = e
+            if not isinstance(e, sqlalchemy.exc.IntegrityError) or attempt == attempts - 1:
+                break
+            time.sleep(0.5 * (attempt + 1))
+    raise TuningError(f"storage {url}: {str(error).splitlines()[0]}") from None
 
 
 @contextlib.contextmanager
@@ -170,19 +191,20 @@ def tune(opts: TuneOptions, log: Callable[[str], None] | None = None) -> dict[st
     name, folder = study_dir(opts, recipe, space)
     folder.mkdir(parents=True, exist_ok=True)
     url = opts.storage or f"sqlite:///{(folder / STUDY_DB).resolve()}"
-    storage = _storage(url)
-    exists = name in optuna.study.get_all_study_names(storage)
-    if opts.resume and not exists:
-        raise TuningError(f"no study {name!r} in {url} to resume")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=_sampler(opts.sampler, space, opts.seed),
-                                pruner=_pruner(opts.pruner, max_epochs))
     made_for = {"recipe": recipe, "space": space.name, "overrides": list(opts.overrides)}
-    if not study.user_attrs:
-        for k, v in made_for.items():
-            study.set_user_attr(k, v)
-    elif {k: study.user_attrs.get(k) for k in made_for} != made_for:
+    with _file_lock(folder / ".setup.lock"):  # workers starting together create the database once
+        storage = _storage(url)
+        exists = name in optuna.study.get_all_study_names(storage)
+        if opts.resume and not exists:
+            raise TuningError(f"no study {name!r} in {url} to resume")
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+                                    sampler=_sampler(opts.sampler, space, opts.seed),
+                                    pruner=_pruner(opts.pruner, max_epochs))
+        if not study.user_attrs:
+            for k, v in made_for.items():
+                study.set_user_attr(k, v)
+    if {k: study.user_attrs.get(k) for k in made_for} != made_for:
         raise TuningError(f"study {name!r} was made for {json.dumps({k: study.user_attrs.get(k) for k in made_for})}"
                           f", not {json.dumps(made_for)}: pick another --study")
     done = _count(study)
@@ -223,8 +245,6 @@ def _count(study: optuna.Study) -> int:
 def _work(study: optuna.Study, space: SearchSpace, recipe: str, opts: TuneOptions, folder: Path,
           stop: dict[str, bool], say: Callable[[str], None]) -> None:
     """Take trials until the study has ``opts.trials`` finished or running, the timeout, or Ctrl-C."""
-    lock_path = folder / ".ask.lock"
-    lock_path.touch(exist_ok=True)
     trials_dir = folder / "trials"
     start = time.monotonic()
     failures = 0
@@ -232,8 +252,7 @@ def _work(study: optuna.Study, space: SearchSpace, recipe: str, opts: TuneOption
         if opts.timeout is not None and time.monotonic() - start > opts.timeout:
             say(f"timeout of {opts.timeout:g} s reached")
             break
-        with open(lock_path) as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # counting and taking a trial is one step across workers
+        with _file_lock(folder / ".ask.lock") as lock:  # counting and taking a trial: one step across workers
             if _count(study) >= opts.trials:
                 break
 
