@@ -1,0 +1,474 @@
+"""ONNX export of a torch run, checked against torch, with optional static INT8 quantization.
+
+Usage::
+
+    result = export_onnx("runs/20261121-101500-cnn-default")      # RUN/export/model.onnx
+    result["parity"]["max_abs_diff"]                               # vs torch, on up to 1,000 test images
+    result = export_onnx(run, quantize="int8")                    # + RUN/export/model.int8.onnx
+    result["int8"]["drop_points"]                                  # test accuracy lost, in points
+
+The file holds the network alone: its input is the normalised float32 ``(N, 1, 28, 28)`` tensor that
+``PreprocessSpec.normalize`` makes, its output the logits. The spec, class names, architecture and
+calibration travel in its metadata (names in ``digitlab.inference.formats``), so ``Predictor.from_path``
+feeds it exactly as training did. A file is checked (``onnx.checker``, a dynamic batch axis, parity with
+torch) before it is renamed into place: one that fails never replaces a good one.
+"""
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from digitlab import __version__
+from digitlab.core.config import ConfigError, RunConfig, load_yaml
+from digitlab.core.fileio import atomic_path, atomic_write_text
+from digitlab.core.rundir import RunDir
+from digitlab.data.errors import DataError
+from digitlab.data.loading import Dataset, load_dataset
+from digitlab.data.splits import split_train_val
+from digitlab.export.errors import ExportError
+from digitlab.inference.formats import (
+    HUB_ONNX,
+    HUB_ONNX_INT8,
+    META_CALIBRATION,
+    META_CLASS_NAMES,
+    META_MODEL,
+    META_PREPROCESS,
+    META_VERSION,
+    ONNX_INPUT,
+    ONNX_OUTPUT,
+)
+from digitlab.inference.predictor import CALIBRATION, Predictor
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 17
+QUANTIZE_CHOICES = ("int8",)
+EXPORT_DIR = "export"
+RECORD = "export.json"  # the figures of the last default export, in RUN/export/
+PARITY_TOLERANCE = 1e-4  # max |logit difference|; fp32 reorderings stay near 1e-6
+PARITY_SAMPLES = 1000
+CALIBRATION_SAMPLES = 300  # training images for the INT8 ranges: a few hundred are plenty for min/max
+CALIBRATION_BATCH = 100
+SELECTION_SAMPLES = 1000  # held-out images that choose per-channel or per-tensor weights
+BATCH = 1000
+# Not 0 or 1: torch.export specialises those sizes, and the batch axis must stay symbolic.
+EXAMPLE_BATCH = 2
+BATCH_AXIS = "batch"
+
+
+def default_onnx_path(run: str | os.PathLike[str]) -> Path:
+    """Where ``export_onnx`` writes when given no ``out``: ``RUN/export/model.onnx``."""
+    return Path(run) / EXPORT_DIR / HUB_ONNX
+
+
+def int8_path(onnx_path: str | os.PathLike[str]) -> Path:
+    """The INT8 file beside an ONNX file: ``model.onnx`` -> ``model.int8.onnx``."""
+    p = Path(onnx_path)
+    return p.with_name(HUB_ONNX_INT8) if p.name == HUB_ONNX else p.with_name(f"{p.stem}.int8{p.suffix or '.onnx'}")
+
+
+def export_onnx(run: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *, opset: int = DEFAULT_OPSET,
+                quantize: str | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Export a torch run to ONNX, check it, and optionally quantize it to INT8.
+
+    Args:
+        run: a run directory written by ``digitlab train``.
+        out: the ONNX file (or a folder for ``model.onnx``) to write, by default ``RUN/export/model.onnx``; the
+            INT8 file goes beside it (``model.int8.onnx``). A default export also records its figures in
+            ``RUN/export/export.json``.
+        opset: ONNX opset, 17 or newer.
+        quantize: ``"int8"`` for static QDQ quantization calibrated on training images.
+        log: a callable taking one progress line, or None.
+
+    Returns:
+        ``{"run", "onnx", "size_bytes", "opset", "exporter", "parity": {"max_abs_diff", "n", "inputs",
+        "tolerance"}, "int8": None or {"path", "size_bytes", "per_channel", "accuracy_fp32",
+        "accuracy_int8", "drop_points", "agreement", ...}}``.
+
+    Raises:
+        ExportError: a classical run, an opset below 17, a graph that fails the checks or parity, INT8
+            without the training data. RunDirError, PredictorError: not a loadable run.
+    """
+    say = log or (lambda _msg: None)
+    if quantize is not None and quantize not in QUANTIZE_CHOICES:
+        raise ExportError(f"unknown quantization {quantize!r}: the choice is {', '.join(QUANTIZE_CHOICES)}")
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset}: digitlab exports opset {MIN_OPSET} or newer")
+    rundir = RunDir.open(run)
+    cfg = _run_config(rundir)
+    predictor = load_torch_predictor(rundir.path)
+    target = Path(out) if out is not None else default_onnx_path(rundir.path)
+    if target.is_dir():  # --out FOLDER means FOLDER/model.onnx
+        target = target / HUB_ONNX
+    # INT8 cannot be calibrated without training images, so only then is a download worth it.
+    data = _load_data(predictor, cfg, download=quantize is not None, say=say)
+    if data is None and quantize is not None:
+        raise ExportError(f"INT8 quantization calibrates on training images of {_dataset_name(predictor, cfg)}, "
+                          "which could not be loaded; run `digitlab data fetch` first")
+
+    say(f"exporting {predictor.name} to ONNX (opset {opset})")
+    start = time.perf_counter()
+    proto, exporter = _to_onnx(predictor, opset, say)
+    set_metadata(proto, onnx_metadata(predictor))
+    got_opset = _default_opset(proto)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ExportError(f"{predictor.name}: the exported graph fails onnx.checker: {_first_line(e)}") from None
+    _check_batch_axis(proto)
+
+    if data is not None:
+        images, inputs = data.test_images[:PARITY_SAMPLES], f"images of the {data.spec.name} test split"
+    else:
+        h, w = predictor.spec.input_size
+        images = np.random.default_rng(0).integers(0, 256, (PARITY_SAMPLES, h, w), dtype=np.uint8)
+        inputs = "random images"
+    with atomic_path(target) as tmp:
+        onnx.save_model(proto, str(tmp))
+        # Checked on the temp file: a file that fails parity is never renamed into place.
+        parity = check_parity(tmp, predictor, images, inputs=inputs)
+    say(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB, {time.perf_counter() - start:.1f} s); parity with "
+        f"torch: max |logit difference| {parity['max_abs_diff']:.2e} on {parity['n']:,} {inputs}")
+
+    result: dict[str, Any] = {
+        "run": str(rundir.path),
+        "model": predictor.name,
+        "onnx": str(target),
+        "size_bytes": target.stat().st_size,
+        "weights_size_bytes": _size(rundir.file(RunDir.WEIGHTS)),
+        "opset": got_opset,
+        "exporter": exporter,
+        "parity": parity,
+        "int8": None,
+    }
+    if quantize == "int8":
+        assert data is not None  # checked above, before the export
+        result["int8"] = quantize_int8(target, int8_path(target), predictor, data, cfg, say=say)
+    if out is None:
+        atomic_write_text(rundir.path / EXPORT_DIR / RECORD, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def load_torch_predictor(run_path: str | os.PathLike[str]) -> Predictor:
+    """The run's model on CPU, refusing a classical one (ONNX export is for networks).
+
+    Raises:
+        ExportError: a scikit-learn run. PredictorError: a run whose model cannot be loaded.
+    """
+    predictor = Predictor.from_run(run_path, device="cpu")
+    if predictor.kind != "torch":
+        raise ExportError(f"{run_path}: a {predictor.kind} ({predictor.name}) run; export covers torch networks "
+                          "only (cnn, lenet5, mlp, resnet, rnn)")
+    return predictor
+
+
+def onnx_metadata(predictor: Predictor) -> dict[str, str]:
+    """The metadata_props an exported file carries (keys from ``inference.formats``)."""
+    meta = {
+        META_PREPROCESS: predictor.spec.to_json(),
+        META_CLASS_NAMES: json.dumps(predictor.class_names),
+        META_MODEL: json.dumps({k: predictor.info[k] for k in ("name", "kind", "args")}),
+        META_VERSION: __version__,
+    }
+    calibration = _calibration_json(predictor)
+    if calibration is not None:
+        meta[META_CALIBRATION] = calibration
+    return meta
+
+
+def _calibration_json(predictor: Predictor) -> str | None:
+    """The run's calibration.json as one line of JSON (as written, every field kept), or None without one."""
+    if predictor.calibration is None:
+        return None
+    path = Path(predictor.source or ".") / CALIBRATION
+    try:
+        return json.dumps(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):  # not from a run directory: what the Predictor holds
+        return json.dumps(asdict(predictor.calibration))
+
+
+def set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:
+    """Set ``meta`` in ``proto.metadata_props``, keeping entries under other keys."""
+    kept = {p.key: p.value for p in proto.metadata_props if p.key not in meta}
+    onnx.helper.set_model_props(proto, {**kept, **meta})
+
+
+def check_parity(path: str | os.PathLike[str], predictor: Predictor, images: np.ndarray, *,
+                 inputs: str) -> dict[str, Any]:
+    """Logits of the ONNX file against torch's on the same raw images, through the same spec.
+
+    Raises:
+        ExportError: a difference above ``PARITY_TOLERANCE`` (or a NaN).
+    """
+    torch_logits = predictor.scores(images, batch_size=BATCH)
+    onnx_logits = onnx_scores(session(path), images, predictor)
+    diff = float(np.abs(onnx_logits.astype(np.float64) - torch_logits).max()) if len(images) else 0.0
+    if not diff <= PARITY_TOLERANCE:
+        raise ExportError(f"{predictor.name}: the ONNX logits differ from torch's by up to {diff:.3g} on {inputs} "
+                          f"(tolerance {PARITY_TOLERANCE:g}); the file was not written")
+    return {"max_abs_diff": diff, "n": len(images), "inputs": inputs, "tolerance": PARITY_TOLERANCE}
+
+
+def session(path: str | os.PathLike[str]) -> ort.InferenceSession:
+    """An onnxruntime CPU session (warnings off: the one-line errors say what matters).
+
+    Raises:
+        ExportError: onnxruntime cannot load the file.
+    """
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except (RuntimeError, ValueError) as e:  # onnxruntime's Fail / InvalidGraph / NotImplemented
+        raise ExportError(f"{path}: onnxruntime cannot load it: {_first_line(e)}") from None
+
+
+def onnx_scores(sess: ort.InferenceSession, images: np.ndarray, predictor: Predictor) -> np.ndarray:
+    """Logits ``(N, n_classes)`` of an ONNX session for raw uint8 images, normalised by the run's spec."""
+    out = [sess.run([ONNX_OUTPUT], {ONNX_INPUT: _normalized(predictor, images[i : i + BATCH])})[0]
+           for i in range(0, len(images), BATCH)]
+    return np.concatenate(out) if out else np.empty((0, predictor.n_classes), dtype=np.float32)
+
+
+def quantize_int8(fp32_path: Path, target: Path, predictor: Predictor, data: Dataset, cfg: RunConfig, *,
+                  say: Callable[[str], None]) -> dict[str, Any]:
+    """Static QDQ INT8 quantization of ``fp32_path`` into ``target``, then fp32 vs INT8 on the test split.
+
+    The activation ranges come from ``CALIBRATION_SAMPLES`` images of the run's training split (never
+    validation or test). Weights are quantized per channel or per tensor, whichever agrees more often
+    with the fp32 model on held-out validation images.
+    """
+    start = time.perf_counter()
+    train_idx, val_idx = split_train_val(data.train_labels, n_val=cfg.data.n_val, seed=cfg.data.split_seed)
+    rng = np.random.default_rng(cfg.seed)
+    calib_idx = np.sort(rng.choice(train_idx, size=min(CALIBRATION_SAMPLES, len(train_idx)), replace=False))
+    # The choice of per-channel weights sees validation images; with no validation split, training
+    # images that calibration did not use.
+    held_out = val_idx if len(val_idx) else np.setdiff1d(train_idx, calib_idx)
+    select_idx = np.sort(rng.choice(held_out, size=min(SELECTION_SAMPLES, len(held_out)), replace=False))
+    calib = _normalized(predictor, data.train_images[calib_idx])
+    batches = [{ONNX_INPUT: calib[i : i + CALIBRATION_BATCH]} for i in range(0, len(calib), CALIBRATION_BATCH)]
+    say(f"INT8: calibrating on {len(calib_idx)} training images; choosing per-channel or per-tensor weights on "
+        f"{len(select_idx)} held-out images")
+
+    fp32 = session(fp32_path)
+    select_fp32 = onnx_scores(fp32, data.train_images[select_idx], predictor).argmax(axis=1)
+    with tempfile.TemporaryDirectory(prefix="digitlab-int8-") as work:
+        prepared = Path(work) / "prepared.onnx"
+        # Shape inference and graph optimisation first (batch norm folded into the convolutions:
+        # fewer tensors to quantize), as onnxruntime recommends before static quantization.
+        with _quiet():
+            quant_pre_process(str(fp32_path), str(prepared))
+        candidates: dict[bool, tuple[Path, float]] = {}
+        for per_channel in (False, True):
+            path = Path(work) / f"int8-{'channel' if per_channel else 'tensor'}.onnx"
+            _quantize(prepared, path, batches, per_channel=per_channel)
+            labels = onnx_scores(session(path), data.train_images[select_idx], predictor).argmax(axis=1)
+            candidates[per_channel] = (path, float(np.mean(labels == select_fp32)) if len(labels) else 1.0)
+        # Ties go to per-tensor weights: the simpler scheme.
+        per_channel = candidates[True][1] > candidates[False][1]
+        proto = onnx.load_model(str(candidates[per_channel][0]))
+    set_metadata(proto, onnx_metadata(predictor))
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"{predictor.name}: the INT8 graph fails onnx.checker: {_first_line(e)}") from None
+    with atomic_path(target) as tmp:
+        onnx.save_model(proto, str(tmp))
+        int8 = session(tmp)
+    say(f"INT8: measuring fp32 and INT8 on the {len(data.test_labels):,} test images")
+    y = data.test_labels.astype(np.int64)
+    pred_fp32 = onnx_scores(fp32, data.test_images, predictor).argmax(axis=1)
+    pred_int8 = onnx_scores(int8, data.test_images, predictor).argmax(axis=1)
+    acc_fp32, acc_int8 = float(np.mean(pred_fp32 == y)), float(np.mean(pred_int8 == y))
+    result = {
+        "path": str(target),
+        "size_bytes": target.stat().st_size,
+        "format": "QDQ",
+        "activations": "uint8",
+        "weights": "int8",
+        "per_channel": per_channel,
+        "selection_agreement": {"per_tensor": candidates[False][1], "per_channel": candidates[True][1],
+                                "n": len(select_idx), "split": "val" if len(val_idx) else "train (held out)"},
+        "calibration": {"split": "train", "n": len(calib_idx), "method": "minmax"},
+        "n_test": len(y),
+        "accuracy_fp32": acc_fp32,
+        "accuracy_int8": acc_int8,
+        "drop_points": round(100 * (acc_fp32 - acc_int8), 6),  # float noise off: 0.01, not 0.009999...
+        "agreement": float(np.mean(pred_fp32 == pred_int8)),
+        "seconds": time.perf_counter() - start,
+    }
+    say(f"wrote {target} ({result['size_bytes'] / 1e6:.2f} MB, {'per-channel' if per_channel else 'per-tensor'} "
+        f"weights); test accuracy fp32 {acc_fp32:.4f}, INT8 {acc_int8:.4f} (drop {result['drop_points']:.2f} points)")
+    return result
+
+
+class _Batches(CalibrationDataReader):
+    """Feeds onnxruntime's calibrator the prepared batches, once."""
+
+    def __init__(self, batches: list[dict[str, np.ndarray]]) -> None:
+        self._batches = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def _quantize(prepared: Path, out: Path, batches: list[dict[str, np.ndarray]], *, per_channel: bool) -> None:
+    try:
+        with _quiet():
+            quantize_static(
+                str(prepared), str(out), _Batches(batches),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=per_channel,
+                # 7-bit weights: u8 x s8 products saturate in the AVX2/AVX-512 kernels of CPUs without
+                # VNNI, which per-channel scales make likelier (onnxruntime's quantization guide).
+                reduce_range=per_channel,
+                calibrate_method=CalibrationMethod.MinMax,
+            )
+    except (RuntimeError, ValueError) as e:
+        raise ExportError(f"INT8 quantization failed: {_first_line(e)}") from None
+
+
+def _to_onnx(predictor: Predictor, opset: int, say: Callable[[str], None]) -> tuple[onnx.ModelProto, str]:
+    """The network as an ONNX graph with a symbolic batch axis, and which exporter made it.
+
+    The dynamo exporter (torch.export + onnxscript) first. The TorchScript exporter (``dynamo=False``)
+    only where that one fails: torch.export and onnxscript reject some models (data-dependent control
+    flow, ops without a translation yet), and the dynamo exporter writes opset 18 and converts down,
+    which fails for some ops (LSTM, ResNet's ReduceMean), while the TorchScript one writes the asked
+    opset directly.
+    """
+    h, w = predictor.spec.input_size
+    example = torch.from_numpy(_normalized(predictor, np.zeros((EXAMPLE_BATCH, h, w), dtype=np.uint8)))
+    try:
+        with _quiet():
+            program = torch.onnx.export(
+                predictor.model, (example,), dynamo=True, opset_version=opset, verbose=False,
+                input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
+                dynamic_shapes=({0: torch.export.Dim(BATCH_AXIS)},),
+            )
+    # torch.export and onnxscript raise many unrelated types (UserError, constraint violations, missing
+    # translations): whichever it is, the TorchScript exporter gets its chance.
+    except Exception as e:
+        say(f"the dynamo exporter failed ({type(e).__name__}: {_first_line(e)}); using the TorchScript exporter")
+        return _to_onnx_torchscript(predictor, example, opset), "torchscript"
+    proto = program.model_proto
+    got = _default_opset(proto)
+    if got == opset:
+        return proto, "dynamo"
+    say(f"the dynamo exporter wrote opset {got}, not {opset}; using the TorchScript exporter")
+    try:
+        return _to_onnx_torchscript(predictor, example, opset), "torchscript"
+    except ExportError as e:
+        say(f"{e}; keeping the dynamo exporter's graph at opset {got}")
+        return proto, "dynamo"
+
+
+def _to_onnx_torchscript(predictor: Predictor, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    try:
+        with _quiet():
+            torch.onnx.export(
+                predictor.model, (example,), buffer, dynamo=False, opset_version=opset,
+                input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
+                dynamic_axes={ONNX_INPUT: {0: BATCH_AXIS}, ONNX_OUTPUT: {0: BATCH_AXIS}},
+            )
+    except Exception as e:  # as above: the tracer's failures have no common type
+        raise ExportError(f"{predictor.name}: cannot export to ONNX: {type(e).__name__}: {_first_line(e)}") from None
+    return onnx.load_model_from_string(buffer.getvalue())
+
+
+def _check_batch_axis(proto: onnx.ModelProto) -> None:
+    """The first axis of the input and the output must be symbolic, or batch sizes other than the
+    example's would fail at run time."""
+    for value in (*proto.graph.input, *proto.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if not dims or not dims[0].dim_param:
+            raise ExportError(f"the exported graph's {value.name!r} has a fixed batch size; cannot export a "
+                              "model whose batch size is baked into its graph")
+
+
+def _normalized(predictor: Predictor, images: np.ndarray) -> np.ndarray:
+    """Raw uint8 images -> the model's float32 ``(N, 1, H, W)`` input, by the run's spec."""
+    return predictor.spec.normalize(torch.as_tensor(images)).numpy()
+
+
+def _default_opset(proto: onnx.ModelProto) -> int:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _run_config(run: RunDir) -> RunConfig:
+    try:
+        return RunConfig.model_validate(load_yaml(run.file(RunDir.CONFIG)))
+    except ConfigError as e:
+        raise ExportError(str(e)) from None
+    except ValueError as e:  # pydantic's ValidationError
+        raise ExportError(f"{run.file(RunDir.CONFIG)}: not a digitlab config: {_first_line(e)}") from None
+
+
+def _dataset_name(predictor: Predictor, cfg: RunConfig) -> str:
+    return str(predictor.info.get("dataset") or cfg.data.dataset)
+
+
+def _load_data(predictor: Predictor, cfg: RunConfig, *, download: bool,
+               say: Callable[[str], None]) -> Dataset | None:
+    """The run's dataset, or None (with a logged line) when it cannot be loaded or does not fit the model."""
+    name = _dataset_name(predictor, cfg)
+    try:
+        data = load_dataset(name, cfg.data.data_dir, download=download)
+    except DataError as e:
+        say(f"dataset {name} not available ({_first_line(e)}): checking parity on random images instead")
+        return None
+    if data.spec.n_classes != predictor.n_classes or tuple(data.test_images.shape[1:]) != predictor.spec.input_size:
+        say(f"dataset {name} does not match the model's classes or input size: checking parity on random images")
+        return None
+    return data
+
+
+def _size(path: Path) -> int | None:
+    return path.stat().st_size if path.is_file() else None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporters' and quantizer's progress prints, warnings and log lines (library code prints
+    nothing; what matters comes back as results or one-line errors)."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "root")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
