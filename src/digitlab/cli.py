@@ -302,6 +302,63 @@ def report(
     out.print(f"markdown: {md_path}")
 
 
+@app.command("export")
+def export(
+    run: Annotated[Path, typer.Argument(help="A run directory written by `digitlab train` (a torch model).",
+                                        exists=True, file_okay=False)],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="onnx (RUN/export/model.onnx) or hub (RUN/export/hub/: "
+                                     "weights, ONNX, preprocessing, calibration, model card).")] = "onnx",
+    quantize: Annotated[str | None, typer.Option("--quantize", help="int8: also a static INT8 model calibrated on "
+                                                 "training images, with its test accuracy (--format onnx).")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="The .onnx file or the hub folder to write.")]
+    = None,
+    opset: Annotated[int, typer.Option("--opset", min=17, help="ONNX opset, 17 or newer.")] = 17,
+) -> None:
+    """Export a run: an ONNX file checked against torch (optionally INT8), or a hub-ready folder with a model card."""
+    from digitlab.export.hub import export_hub
+    from digitlab.export.onnx import QUANTIZE_CHOICES, export_onnx
+
+    if fmt not in ("onnx", "hub"):
+        raise typer.BadParameter(f"--format must be onnx or hub, not {fmt!r}")
+    if quantize is not None and quantize not in QUANTIZE_CHOICES:
+        raise typer.BadParameter(f"--quantize must be {' or '.join(QUANTIZE_CHOICES)}, not {quantize!r}")
+    if quantize is not None and fmt == "hub":
+        raise typer.BadParameter("--quantize goes with --format onnx (the hub folder holds the fp32 model)")
+    if fmt == "hub":
+        folder = export_hub(run, out_path, opset=opset, log=_log)
+        out.print(f"written: {folder}/ ({', '.join(sorted(p.name for p in folder.iterdir()))})")
+        return
+    r = export_onnx(run, out_path, opset=opset, quantize=quantize, log=_log)
+    p = r["parity"]
+    out.print(f"written: {r['onnx']} ({r['size_bytes'] / 1e6:.2f} MB, opset {r['opset']}, {r['exporter']} exporter)")
+    out.print(f"parity with torch: max |logit difference| {p['max_abs_diff']:.2e} on {p['n']:,} {p['inputs']} "
+              f"(tolerance {p['tolerance']:g})")
+    if r["int8"]:
+        q = r["int8"]
+        out.print(f"written: {q['path']} ({q['size_bytes'] / 1e6:.2f} MB, INT8, "
+                  f"{'per-channel' if q['per_channel'] else 'per-tensor'} weights)")
+        out.print(f"test accuracy: fp32 {q['accuracy_fp32']:.4f}, int8 {q['accuracy_int8']:.4f}, drop "
+                  f"{q['drop_points']:.2f} points ({q['n_test']:,} images; predictions agree on "
+                  f"{q['agreement']:.2%})")
+
+
+@app.command("push")
+def push_to_hub(
+    target: Annotated[Path, typer.Argument(help="A run directory (exported to RUN/export/hub/ first) or a hub "
+                                           "folder written by `digitlab export --format hub`.",
+                                           exists=True, file_okay=False)],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="The model repository: user/name or org/name.")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
+    token: Annotated[str | None, typer.Option("--token", help="A token with write access (default: HF_TOKEN or "
+                                              "`hf auth login`).")] = None,
+) -> None:
+    """Upload a run's hub folder to the Hugging Face Hub (the repository is created when missing)."""
+    from digitlab.export.push import push
+
+    url = push(target, repo_id, token=token, private=private, log=_log)
+    out.print(f"pushed: {url}")
+
+
 @app.command("tune")
 def tune(
     recipe: Annotated[str | None, typer.Option("--recipe", "-r", help="Recipe to tune (default: the one the space "
