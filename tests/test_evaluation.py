@@ -466,7 +466,7 @@ def test_robustness_results(runs: SimpleNamespace, mnist_dataset) -> None:
     # The sweep's documented sample: ROBUSTNESS_SAMPLES test images drawn with the run's seed.
     rng = np.random.default_rng(m["seed"])
     keep = np.sort(rng.choice(len(mnist_dataset.test_labels), size=ROBUSTNESS_SAMPLES, replace=False))
-    pred = Predictor.from_run(runs.cnn).predict(mnist_dataset.test_images[keep])
+    pred = Predictor.from_run(runs.cnn).classify(mnist_dataset.test_images[keep])
     clean = float(np.mean(pred == mnist_dataset.test_labels[keep]))
     for pert in PERTURBATIONS:
         r = rob[pert.name]

@@ -38,6 +38,8 @@ from digitlab.inference.predictor import Calibration, Predictor, write_calibrati
 EVAL_DIR = "eval"
 METRICS_FILE = "metrics.json"
 THROUGHPUT_BATCH = 1000
+REJECT_VAL_RATE = 0.008  # the threshold lets 99.2% of validation digits through (target: <= 1% of new ones rejected)
+REJECT_CURVE = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)  # confidences of the coverage / error table
 
 
 class EvaluationError(DigitlabError):
@@ -169,6 +171,8 @@ def evaluate_run(path: str | os.PathLike[str], *, dataset: str | None = None, sp
             "reliability_before": reliability_bins(labels, proba),
             "reliability_after": reliability_bins(labels, proba_cal),
         },
+        "rejection": _rejection(predictor.proba_from_scores(val_scores, temperature) if len(val_labels) else None,
+                                proba_cal, labels),
         "top_confusions": top_confusions(cm, class_names),
         "inference": {"images_per_s": rate, "device": str(predictor.device), "batch_size": THROUGHPUT_BATCH},
     }
@@ -197,7 +201,7 @@ def evaluate_run(path: str | os.PathLike[str], *, dataset: str | None = None, sp
     # 4. robustness
     if robustness:
         say(f"robustness sweep on {min(robustness_samples or len(labels), len(labels)):,} images")
-        sweep = robustness_sweep(predictor.predict, images, labels, n=robustness_samples, seed=cfg.seed)
+        sweep = robustness_sweep(predictor.classify, images, labels, n=robustness_samples, seed=cfg.seed)
         out["robustness"] = sweep
         figures["robustness"] = plots.plot_robustness(sweep, eval_dir / "robustness.png")
     else:
@@ -213,7 +217,35 @@ def evaluate_run(path: str | os.PathLike[str], *, dataset: str | None = None, sp
     # Predictor) only when fitted on that data's validation split, and last, once all else is written.
     if len(val_labels) and name == trained_on:
         write_calibration(run.path, Calibration(temperature=temperature, fitted_on="val", n=len(val_labels),
-                                                nll_before=nll_before, nll_after=nll_after))
+                                                nll_before=nll_before, nll_after=nll_after,
+                                                threshold=out["rejection"]["threshold"],
+                                                threshold_rule=out["rejection"]["rule"]))
+    return out
+
+
+def _rejection(val_proba: np.ndarray | None, proba: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """The rejection threshold chosen on validation, and the coverage / error trade-off on the measured split.
+
+    The threshold is the calibrated confidence below which ``REJECT_VAL_RATE`` of validation digits
+    fall: it rejects about that share of real digits (and the doubtful ones first), and any input
+    the model is less sure of, digit or not.
+    """
+    conf = proba.max(axis=1)
+    wrong = proba.argmax(axis=1) != labels
+    curve = []
+    for t in REJECT_CURVE:
+        kept = conf >= t
+        curve.append({"threshold": t, "coverage": float(kept.mean()),
+                      "error_kept": float(wrong[kept].mean()) if kept.any() else 0.0,
+                      "errors_rejected": int((wrong & ~kept).sum())})
+    out: dict[str, Any] = {"curve": curve, "threshold": None, "rule": None}
+    if val_proba is not None and len(val_proba):
+        t = float(np.quantile(val_proba.max(axis=1), REJECT_VAL_RATE))
+        kept = conf >= t
+        out.update(threshold=t, rule=f"rejects {REJECT_VAL_RATE:.1%} of validation digits",
+                   coverage=float(kept.mean()), error_kept=float(wrong[kept].mean()) if kept.any() else 0.0,
+                   error_all=float(wrong.mean()), errors_rejected=int((wrong & ~kept).sum()),
+                   errors=int(wrong.sum()))
     return out
 
 

@@ -1,20 +1,27 @@
-"""The Predictor: a trained run directory turned into batched predictions from raw images.
+"""The Predictor: a trained model turned into batched predictions, with rejection.
 
 Usage::
 
-    predictor = Predictor.from_run("runs/20261121-101500-cnn-default")
-    proba = predictor.predict_proba(images_uint8)        # (N, 28, 28) uint8 -> (N, 10), calibrated
-    labels = predictor.predict(images_uint8)
+    predictor = Predictor.from_run("runs/20261121-101500-cnn-default")   # torch or scikit-learn run
+    predictor = Predictor.from_path("model.onnx")                        # ONNX file (onnxruntime)
+    predictor = Predictor.from_path("hub-folder/")                       # hub folder (torch, else ONNX)
+    out = predictor.predict(images_uint8, top_k=3)                       # (N, 28, 28) uint8
+    out.labels, out.confidence, out.rejected, out.top(0)
+    results = predictor.predict_images(["a.png", "b.jpg"])               # real images, prepared first
 
-One object for torch and classical (scikit-learn) runs. Inputs are images in the model's own
-convention (MNIST: 28x28, light ink on dark); they go through the run's preprocessing spec by the
-same code path training used. When ``digitlab evaluate`` has fitted a temperature on the
-validation split (``calibration.json``), probabilities are calibrated with it unless asked not to.
+One object for torch, onnxruntime and classical (scikit-learn) backends. Inputs are images in the
+model's own convention (MNIST: 28x28, light ink on dark); they go through the preprocessing spec by
+the same code path training used. Real images (photos, scans, drawings) go through
+``prepare_image`` first (``predict_images``). When ``digitlab evaluate`` has fitted a temperature on
+the validation split (``calibration.json``), probabilities are calibrated with it, and a prediction
+whose calibrated confidence is below the threshold chosen there (or ``min_confidence``) is
+``rejected``.
 """
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +37,20 @@ from digitlab.core.fileio import atomic_write_text
 from digitlab.core.rundir import RunDir
 from digitlab.data.errors import DataError
 from digitlab.data.preprocess import PreprocessSpec
+from digitlab.inference.formats import (
+    HUB_CALIBRATION,
+    HUB_CONFIG,
+    HUB_ONNX,
+    HUB_PREPROCESS,
+    HUB_WEIGHTS,
+    META_CALIBRATION,
+    META_CLASS_NAMES,
+    META_MODEL,
+    META_PREPROCESS,
+    ONNX_INPUT,
+    ONNX_OUTPUT,
+)
+from digitlab.inference.prepare import Polarity, Prepared, prepare_image
 from digitlab.models.classical import ClassicalModel
 from digitlab.models.registry import ModelError, create_model, make_config
 from digitlab.models.runtime import predict_logits, resolve_device
@@ -44,13 +65,75 @@ class PredictorError(DigitlabError):
 
 @dataclass(frozen=True)
 class Calibration:
-    """Temperature scaling fitted on the validation split: ``softmax(logits / temperature)``."""
+    """Temperature scaling fitted on the validation split: ``softmax(logits / temperature)``, and the
+    confidence below which a prediction is rejected (chosen on the same split; None: never)."""
 
     temperature: float
     fitted_on: str
     n: int
     nll_before: float
     nll_after: float
+    threshold: float | None = None
+    threshold_rule: str | None = None
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """A batch of predictions: calibrated probabilities, and which are rejected."""
+
+    class_names: list[str]
+    proba: np.ndarray  # (N, n_classes), calibrated when the model has a calibration
+    rejected: np.ndarray  # (N,) bool: confidence below the threshold
+    threshold: float | None
+    k: int = 3
+
+    @property
+    def indices(self) -> np.ndarray:
+        return self.proba.argmax(axis=1)
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.class_names[i] for i in self.indices]
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.proba.max(axis=1)
+
+    def __len__(self) -> int:
+        return len(self.proba)
+
+    def top(self, i: int, k: int | None = None) -> list[tuple[str, float]]:
+        """The ``k`` most likely classes of item ``i`` with their probabilities, best first."""
+        order = np.argsort(-self.proba[i], kind="stable")[: k or self.k]
+        return [(self.class_names[j], float(self.proba[i, j])) for j in order]
+
+    def record(self, i: int) -> dict[str, Any]:
+        """Item ``i`` as JSON-ready data."""
+        return {"label": self.class_names[int(self.indices[i])], "confidence": float(self.confidence[i]),
+                "rejected": bool(self.rejected[i]),
+                "top_k": [{"label": c, "probability": p} for c, p in self.top(i)],
+                "probabilities": {c: float(p) for c, p in zip(self.class_names, self.proba[i], strict=True)}}
+
+
+@dataclass(frozen=True)
+class ImagePrediction:
+    """One real image: how it was prepared, and what the model read (None when no digit was found)."""
+
+    source: str
+    prepared: Prepared
+    label: str | None = None
+    confidence: float = 0.0
+    rejected: bool = True  # no digit found is rejected too
+    reason: str | None = "no digit found"  # why rejected: "no digit found" or "low confidence"
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    proba: np.ndarray | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {"source": self.source, "found": self.prepared.found, "label": self.label,
+                "confidence": round(self.confidence, 6), "rejected": self.rejected, "reason": self.reason,
+                "top_k": [{"label": c, "probability": round(p, 6)} for c, p in self.top_k],
+                "inverted": self.prepared.inverted, "box": list(self.prepared.box) if self.prepared.box else None,
+                "notes": list(self.prepared.notes)}
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -59,13 +142,14 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 class Predictor:
-    """Batched predictions of one trained model (torch or classical) on raw uint8 images."""
+    """Batched predictions of one trained model (torch, onnxruntime or classical) on raw uint8 images."""
 
     def __init__(self, *, name: str, kind: str, model: Any, spec: PreprocessSpec, class_names: list[str],
                  info: dict[str, Any], device: torch.device, calibration: Calibration | None = None,
-                 source: Path | None = None, channels_last: bool = False) -> None:
+                 source: Path | None = None, channels_last: bool = False, backend: str | None = None) -> None:
         self.name = name
         self.kind = kind
+        self.backend = backend or ("classical" if kind == "classical" else "torch")
         self.model = model
         self.spec = spec
         self.class_names = class_names
@@ -100,23 +184,86 @@ class Predictor:
             if kind == "classical":
                 model: Any = ClassicalModel.load(run.file("model.skops"), name, make_config(name, **args))
             else:
-                weights = run.file(RunDir.WEIGHTS)
-                if not weights.is_file():
-                    raise PredictorError(f"{run.path}: no {RunDir.WEIGHTS}")
-                model = create_model(name, **args)
-                try:
-                    model.load_state_dict(load_file(str(weights)))
-                except (RuntimeError, OSError, SafetensorError) as e:
-                    first = str(e).strip().splitlines()[0]
-                    raise PredictorError(f"{weights}: cannot load the {name} weights model.json describes: "
-                                         f"{first}") from None
-                model.to(dev).eval()
+                model = _load_torch(name, args, run.file(RunDir.WEIGHTS), dev)
                 if channels_last:
                     model.to(memory_format=torch.channels_last)
         except (ModelError, DataError) as e:
             raise PredictorError(str(e)) from None
         return cls(name=name, kind=kind, model=model, spec=spec, class_names=class_names, info=info, device=dev,
                    calibration=read_calibration(run.path), source=run.path, channels_last=channels_last)
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str], *, backend: str = "auto", device: str = "auto") -> "Predictor":
+        """Load a model from a run directory, an ONNX file or a hub folder (``digitlab export``).
+
+        Args:
+            backend: "auto" (torch where weights exist, else onnxruntime), "torch" or "onnx".
+
+        Raises:
+            PredictorError: nothing loadable at ``path``, or the backend asked for is not there.
+        """
+        p = Path(path)
+        if backend not in ("auto", "torch", "onnx"):
+            raise PredictorError(f"backend {backend!r}: choose from auto, torch, onnx")
+        if p.is_file() and p.suffix == ".onnx":
+            return cls._from_onnx(p)
+        if not p.is_dir():
+            raise PredictorError(f"{p}: no such model (want a run directory, a .onnx file or a hub folder)")
+        if (p / RunDir.MODEL_JSON).is_file():
+            if backend == "onnx":
+                raise PredictorError(f"{p}: a run directory loads with torch; export it first (digitlab export)")
+            return cls.from_run(p, device=device)
+        if (p / HUB_CONFIG).is_file():
+            if backend != "onnx" and (p / HUB_WEIGHTS).is_file():
+                return cls._from_hub(p, device=device)
+            if backend != "torch" and (p / HUB_ONNX).is_file():
+                return cls._from_onnx(p / HUB_ONNX, calibration_dir=p)
+            raise PredictorError(f"{p}: a hub folder without {HUB_WEIGHTS if backend == 'torch' else HUB_ONNX}")
+        raise PredictorError(f"{p}: neither a run directory ({RunDir.MODEL_JSON}) nor a hub folder ({HUB_CONFIG})")
+
+    @classmethod
+    def _from_hub(cls, folder: Path, *, device: str) -> "Predictor":
+        try:
+            config = json.loads((folder / HUB_CONFIG).read_text())
+            name, kind, args = config["name"], config["kind"], dict(config["args"])
+            class_names = [str(c) for c in config["class_names"]]
+            spec = PreprocessSpec.from_json((folder / HUB_PREPROCESS).read_text(), source=str(folder / HUB_PREPROCESS))
+        except (OSError, ValueError, KeyError, TypeError, DataError) as e:
+            raise PredictorError(f"{folder}: not a digitlab hub folder ({' '.join(str(e).split())})") from None
+        if kind == "classical":
+            raise PredictorError(f"{folder}: a classical model has no torch weights")
+        dev = resolve_device(device)
+        model = _load_torch(name, args, folder / HUB_WEIGHTS, dev)
+        info = {"name": name, "kind": kind, "args": args, "class_names": class_names, "preprocess": spec.model_dump()}
+        return cls(name=name, kind=kind, model=model, spec=spec, class_names=class_names, info=info, device=dev,
+                   calibration=read_calibration(folder, HUB_CALIBRATION), source=folder)
+
+    @classmethod
+    def _from_onnx(cls, path: Path, *, calibration_dir: Path | None = None) -> "Predictor":
+        import onnxruntime as ort  # imported here: only ONNX users pay for it
+
+        try:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3  # warnings about unused initializers are not the user's problem
+            session = ort.InferenceSession(str(path), options, providers=_onnx_providers(ort))
+            meta = session.get_modelmeta().custom_metadata_map
+            spec = PreprocessSpec.from_json(meta[META_PREPROCESS], source=f"{path} metadata")
+            class_names = [str(c) for c in json.loads(meta[META_CLASS_NAMES])]
+            model_info = json.loads(meta.get(META_MODEL, "{}"))
+        except KeyError as e:
+            raise PredictorError(f"{path}: an ONNX file without digitlab's metadata ({e.args[0]}); "
+                                 "export it with `digitlab export`") from None
+        except (ValueError, DataError) as e:
+            raise PredictorError(f"{path}: unreadable digitlab metadata ({' '.join(str(e).split())})") from None
+        except Exception as e:  # onnxruntime raises its own kinds for a corrupt or foreign file
+            raise PredictorError(f"{path}: not a loadable ONNX model ({str(e).strip().splitlines()[0]})") from None
+        calibration = _calibration_from_json(meta.get(META_CALIBRATION))
+        if calibration_dir is not None:
+            calibration = read_calibration(calibration_dir, HUB_CALIBRATION) or calibration
+        info = {**model_info, "class_names": class_names, "preprocess": spec.model_dump()}
+        return cls(name=str(model_info.get("name", path.stem)), kind=str(model_info.get("kind", "torch")),
+                   model=session, spec=spec, class_names=class_names, info=info, device=torch.device("cpu"),
+                   calibration=calibration, source=path, backend="onnx")
 
     @property
     def n_classes(self) -> int:
@@ -142,8 +289,12 @@ class Predictor:
         """Raw per-class scores ``(N, n_classes)``, what ROC and precision-recall curves rank by: a
         network's logits; a classical model's probabilities, or its decision function (SVM)."""
         images = self._check(images)
-        if self.kind == "classical":
+        if self.backend == "classical":
             return np.asarray(self.model.predict_scores(images), dtype=np.float64)
+        if self.backend == "onnx":
+            out = [self.model.run([ONNX_OUTPUT], {ONNX_INPUT: self.spec.normalize(
+                torch.as_tensor(images[i:i + batch_size])).numpy()})[0] for i in range(0, len(images), batch_size)]
+            return np.concatenate(out) if out else np.empty((0, self.n_classes), np.float32)
         return predict_logits(self.model, images, self.spec, device=self.device, batch_size=batch_size,
                               channels_last=self.channels_last).numpy()
 
@@ -171,9 +322,55 @@ class Predictor:
         t = self.calibration.temperature if calibrated and self.calibration else 1.0
         return self.proba_from_scores(self.scores(images, batch_size=batch_size), t)
 
-    def predict(self, images: np.ndarray, *, batch_size: int = 1000) -> np.ndarray:
-        """Predicted class indices ``(N,)``."""
+    def classify(self, images: np.ndarray, *, batch_size: int = 1000) -> np.ndarray:
+        """Predicted class indices ``(N,)`` (no calibration, no rejection)."""
         return self.scores(images, batch_size=batch_size).argmax(axis=1)
+
+    @property
+    def threshold(self) -> float | None:
+        """The confidence below which a prediction is rejected by default (from validation), or None."""
+        return self.calibration.threshold if self.calibration else None
+
+    def predict(self, images: np.ndarray, *, top_k: int = 3, min_confidence: float | None = None,
+                batch_size: int = 1000) -> Predictions:
+        """Calibrated predictions of model-ready images ``(N, H, W)`` uint8, with rejection.
+
+        Args:
+            min_confidence: reject below this calibrated confidence (default: the run's threshold
+                chosen on validation; none when the run was not evaluated).
+        """
+        threshold = self.threshold if min_confidence is None else min_confidence
+        proba = self.predict_proba(images, batch_size=batch_size)
+        rejected = proba.max(axis=1) < threshold if threshold is not None else np.zeros(len(proba), bool)
+        return Predictions(self.class_names, proba, rejected, threshold, max(1, min(top_k, self.n_classes)))
+
+    def prepare(self, source: Any, *, polarity: Polarity = "auto", deskew: bool = False,
+                fix_stroke: bool = True) -> Prepared:
+        """A real image prepared for this model (its spec): see ``digitlab.inference.prepare``."""
+        return prepare_image(source, self.spec, polarity=polarity, deskew=deskew, fix_stroke=fix_stroke)
+
+    def predict_images(self, sources: Iterable[Any], *, names: Sequence[str] | None = None, top_k: int = 3,
+                       min_confidence: float | None = None, polarity: Polarity = "auto", deskew: bool = False,
+                       fix_stroke: bool = True) -> list[ImagePrediction]:
+        """Real images (paths, bytes, PIL images, arrays) -> one ``ImagePrediction`` each, in one batch.
+
+        Raises:
+            ImageError: an input that is not a readable image (the first one met).
+        """
+        items = list(sources)
+        labels = list(names) if names is not None else [str(s) if isinstance(s, str | os.PathLike) else f"#{i}"
+                                                        for i, s in enumerate(items)]
+        prepared = [self.prepare(s, polarity=polarity, deskew=deskew, fix_stroke=fix_stroke) for s in items]
+        found = [i for i, p in enumerate(prepared) if p.found]
+        out = [ImagePrediction(labels[i], p) for i, p in enumerate(prepared)]
+        if found:
+            batch = np.stack([prepared[i].image for i in found])
+            preds = self.predict(batch, top_k=top_k, min_confidence=min_confidence)
+            for j, i in enumerate(found):
+                rejected = bool(preds.rejected[j])
+                out[i] = ImagePrediction(labels[i], prepared[i], preds.labels[j], float(preds.confidence[j]), rejected,
+                                         "low confidence" if rejected else None, preds.top(j), preds.proba[j])
+        return out
 
 
 def _trained_channels_last(run: RunDir) -> bool:
@@ -184,15 +381,43 @@ def _trained_channels_last(run: RunDir) -> bool:
         return False
 
 
-def read_calibration(run_path: str | os.PathLike[str]) -> Calibration | None:
-    """The run's fitted temperature, or None when it has none (or an unreadable file)."""
-    path = Path(run_path) / CALIBRATION
+def _load_torch(name: str, args: dict[str, Any], weights: Path, device: torch.device) -> torch.nn.Module:
+    if not weights.is_file():
+        raise PredictorError(f"{weights.parent}: no {weights.name}")
+    model = create_model(name, **args)
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except (RuntimeError, OSError, SafetensorError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise PredictorError(f"{weights}: cannot load the {name} weights its config describes: {first}") from None
+    return model.to(device).eval()
+
+
+def _onnx_providers(ort: Any) -> list[str]:
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available] or available
+
+
+def _calibration_from_json(text: str | None) -> Calibration | None:
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+        return Calibration(**{k: data[k] for k in ("temperature", "fitted_on", "n", "nll_before", "nll_after")},
+                           threshold=data.get("threshold"), threshold_rule=data.get("threshold_rule"))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def read_calibration(folder: str | os.PathLike[str], name: str = CALIBRATION) -> Calibration | None:
+    """The fitted temperature (and rejection threshold) stored in ``folder``, or None when it has none
+    (or an unreadable file)."""
+    path = Path(folder) / name
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
-        return Calibration(**{k: data[k] for k in ("temperature", "fitted_on", "n", "nll_before", "nll_after")})
-    except (ValueError, KeyError, TypeError):
+        return _calibration_from_json(path.read_text())
+    except OSError:
         return None
 
 
