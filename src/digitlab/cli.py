@@ -251,10 +251,24 @@ def evaluate(
     samples: Annotated[int, typer.Option("--robustness-samples", min=1, help="Images used by the sweep.")] = 2000,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder holding the dataset files.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    images: Annotated[Path | None, typer.Option("--images", help="Evaluate on a labelled folder of real images "
+                                                "instead (sub-folders 0 to 9), prepared as `digitlab predict` "
+                                                "prepares them.", exists=True, file_okay=False)] = None,
 ) -> None:
     """Metrics, calibration and figures of a run, written to RUN/eval/ (then `digitlab report RUN`)."""
     from digitlab.evaluation.evaluate import evaluate_run
 
+    if images is not None:
+        from digitlab.evaluation.images import evaluate_images
+
+        r = evaluate_images(run, images, device=device, log=_log)
+        lo, hi = r["accuracy_ci95"]
+        out.print(f"{r['n']:,} images: accuracy {r['accuracy']:.4f} ({r['errors']} errors; 95% interval "
+                  f"{lo:.4f}-{hi:.4f}); no digit found in {r['no_digit_found']}, {len(r['unreadable'])} unreadable")
+        if r["accuracy_kept"] is not None:
+            out.print(f"with rejection: {r['coverage']:.1%} kept, accuracy {r['accuracy_kept']:.4f} on those")
+        out.print(f"written: {r['dir']}")
+        return
     if split not in ("test", "val"):
         raise typer.BadParameter(f"--split must be test or val, not {split!r}")
     m = evaluate_run(run, dataset=dataset, split=split, robustness=robustness,  # type: ignore[arg-type]
@@ -300,6 +314,107 @@ def report(
     html_path, md_path = write_report(target, explore_dir=explore_dir)
     out.print(f"report: {html_path}")
     out.print(f"markdown: {md_path}")
+
+
+@app.command("predict")
+def predict(
+    model: Annotated[Path, typer.Argument(help="A run directory, an exported .onnx file or a hub folder.",
+                                          exists=True)],
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, max=10, help="How many classes to list per image.")] = 3,
+    multi: Annotated[bool, typer.Option("--multi", help="Each image is a line of digits (a postal code, an "
+                                        "amount): read them all, left to right.")] = False,
+    min_confidence: Annotated[float | None, typer.Option(
+        "--min-confidence", min=0.0, max=1.0, help="Reject below this calibrated confidence (default: the "
+        "threshold chosen on validation by `digitlab evaluate`).")] = None,
+    save_prepared: Annotated[Path | None, typer.Option("--save-prepared", file_okay=False, help="Write the 28x28 "
+                                                       "image the model saw for each input to this folder.")] = None,
+    csv_path: Annotated[Path | None, typer.Option("--csv", dir_okay=False, help="Write one row per image here "
+                                                  "(default for folders: predictions.csv).")] = None,
+    polarity: Annotated[str, typer.Option("--polarity", help="auto, dark-on-light (ink on paper) or "
+                                          "light-on-dark (MNIST-like).")] = "auto",
+    deskew: Annotated[bool, typer.Option("--deskew", help="Straighten slanted digits first.")] = False,
+    backend: Annotated[str, typer.Option("--backend", help="auto, torch or onnx.")] = "auto",
+) -> None:
+    """Read digits in real images (photos, scans, drawings), prepared the way MNIST's digits were."""
+    from digitlab.inference import Predictor
+    from digitlab.inference.batch import FileFailure, find_images, predict_files, write_csv
+    from digitlab.inference.batch import save_prepared as save_image
+    from digitlab.inference.prepare import POLARITIES
+
+    if polarity not in POLARITIES:
+        raise typer.BadParameter(f"--polarity must be one of {', '.join(POLARITIES)}, not {polarity!r}")
+    predictor = Predictor.from_path(model, backend=backend)
+    files = find_images(images)
+    folder_given = any(p.is_dir() for p in images)
+    if multi:
+        _predict_multi(predictor, files, as_json=as_json, min_confidence=min_confidence, polarity=polarity)
+        return
+    results: list[Any] = []
+    kw: dict[str, Any] = {"top_k": top_k, "min_confidence": min_confidence, "polarity": polarity, "deskew": deskew}
+    if folder_given and not as_json:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=err, transient=True) as bar:
+            task = bar.add_task("predict", total=len(files))
+            results = list(predict_files(predictor, files, progress=lambda n: bar.advance(task, n), **kw))
+    else:
+        results = list(predict_files(predictor, files, **kw))
+    single_bad = [r for r in results if isinstance(r, FileFailure)]
+    if len(files) == 1 and single_bad:
+        raise DigitlabError(single_bad[0].error)
+    if save_prepared is not None:
+        taken: set[str] = set()
+        for r in results:
+            if not isinstance(r, FileFailure):
+                save_image(r, save_prepared, taken=taken)
+    if csv_path is not None or folder_given:
+        written = write_csv(csv_path or Path("predictions.csv"), results)
+        err.print(f"written: {written}")
+    if as_json:
+        typer.echo(json.dumps({"model": str(model), "threshold": predictor.threshold if min_confidence is None
+                               else min_confidence, "predictions": [r.record() for r in results]}, indent=2))
+    elif not folder_given or len(files) <= 50:
+        for r in results:
+            out.print(_prediction_line(r), highlight=False, markup=False)
+    counts = {"read": sum(1 for r in results if not isinstance(r, FileFailure) and not r.rejected),
+              "rejected": sum(1 for r in results if not isinstance(r, FileFailure) and r.rejected),
+              "unreadable": len(single_bad)}
+    if len(files) > 1:
+        err.print(f"{len(files)} images: {counts['read']} read, {counts['rejected']} rejected, "
+                  f"{counts['unreadable']} unreadable")
+    if single_bad:
+        raise typer.Exit(EXIT_USAGE)
+
+
+def _prediction_line(r: Any) -> str:
+    if not hasattr(r, "prepared"):
+        return f"error: {r.error}"
+    if not r.prepared.found:
+        return f"{r.source}: no digit found"
+    top = "  ".join(f"{c} {p:.3f}" for c, p in r.top_k)
+    if r.rejected:
+        return f"{r.source}: rejected ({r.reason}; best {r.label} at {r.confidence:.3f})  [{top}]"
+    return f"{r.source}: {r.label} ({r.confidence:.3f})  [{top}]"
+
+
+def _predict_multi(predictor: Any, files: list[Path], *, as_json: bool, min_confidence: float | None,
+                   polarity: str) -> None:
+    from digitlab.inference.strings import read_digits
+
+    records = []
+    for f in files:
+        line = read_digits(f, predictor, polarity=polarity, min_confidence=min_confidence)  # type: ignore[arg-type]
+        records.append({"source": str(f), "text": line.text, "confidence": line.confidence, "found": line.found,
+                        "digits": [{"label": d.label, "confidence": d.confidence, "box": list(d.box),
+                                    "rejected": d.rejected} for d in line.digits]})
+        if not as_json:
+            digits = " ".join(f"{d.label}:{d.confidence:.2f}" for d in line.digits)
+            out.print(f"{f}: {line.text or 'no digits found'}  [{digits}]", highlight=False, markup=False)
+    if as_json:
+        typer.echo(json.dumps({"model": str(predictor.source), "strings": records}, indent=2))
 
 
 @app.command("export")

@@ -361,14 +361,19 @@ class Predictor:
         labels = list(names) if names is not None else [str(s) if isinstance(s, str | os.PathLike) else f"#{i}"
                                                         for i, s in enumerate(items)]
         prepared = [self.prepare(s, polarity=polarity, deskew=deskew, fix_stroke=fix_stroke) for s in items]
+        return self.predict_prepared(prepared, names=labels, top_k=top_k, min_confidence=min_confidence)
+
+    def predict_prepared(self, prepared: Sequence[Prepared], *, names: Sequence[str], top_k: int = 3,
+                         min_confidence: float | None = None) -> list[ImagePrediction]:
+        """Classify already prepared images in one batch (those without a digit are rejected as such)."""
         found = [i for i, p in enumerate(prepared) if p.found]
-        out = [ImagePrediction(labels[i], p) for i, p in enumerate(prepared)]
+        out = [ImagePrediction(names[i], p) for i, p in enumerate(prepared)]
         if found:
             batch = np.stack([prepared[i].image for i in found])
             preds = self.predict(batch, top_k=top_k, min_confidence=min_confidence)
             for j, i in enumerate(found):
                 rejected = bool(preds.rejected[j])
-                out[i] = ImagePrediction(labels[i], prepared[i], preds.labels[j], float(preds.confidence[j]), rejected,
+                out[i] = ImagePrediction(names[i], prepared[i], preds.labels[j], float(preds.confidence[j]), rejected,
                                          "low confidence" if rejected else None, preds.top(j), preds.proba[j])
         return out
 
