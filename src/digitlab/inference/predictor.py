@@ -56,6 +56,9 @@ from digitlab.models.registry import ModelError, create_model, make_config
 from digitlab.models.runtime import predict_logits, resolve_device
 
 CALIBRATION = "calibration.json"
+# A real image whose strokes, fitted into the 28x28 frame, are wider than this is a blob, not a digit:
+# MNIST's widest 1% are 6.4 px (ink area over skeleton length; see prepare.WIDTH_OK).
+MAX_STROKE = 8.0
 _LOG_FLOOR = 1e-12  # probabilities of 0 (k-NN votes, forests) as finite log-probabilities
 
 
@@ -372,9 +375,12 @@ class Predictor:
             batch = np.stack([prepared[i].image for i in found])
             preds = self.predict(batch, top_k=top_k, min_confidence=min_confidence)
             for j, i in enumerate(found):
-                rejected = bool(preds.rejected[j])
+                blob = (prepared[i].stroke or 0.0) > MAX_STROKE
+                rejected = bool(preds.rejected[j]) or blob
+                reason = ("low confidence" if preds.rejected[j] else
+                          f"not digit-like (strokes {prepared[i].stroke:.0f} px wide: a blob?)" if blob else None)
                 out[i] = ImagePrediction(names[i], prepared[i], preds.labels[j], float(preds.confidence[j]), rejected,
-                                         "low confidence" if rejected else None, preds.top(j), preds.proba[j])
+                                         reason, preds.top(j), preds.proba[j])
         return out
 
 

@@ -58,6 +58,8 @@ WIDTH_TARGET = (2.3, 4.3)
 MIN_CONTRAST = 0.12  # ink must stand this far (of the full range) above the background...
 MIN_CNR = 6.0  # ...and this many noise standard deviations
 SPECK_FRACTION = 0.06  # components smaller than this share of the largest are specks
+SCATTER_COVER = 0.33  # ink over this share of the image is texture or noise, not a digit...
+SCATTER_PIECES = 40  # ...and so is ink in this many pieces with over 10% of it in specks
 _SUPER = 4  # fitting works at 4x the final resolution
 WORK_SIDE = 320  # larger images are block-averaged down to this longest side before anything else
 
@@ -273,12 +275,15 @@ def ink_map(gray: np.ndarray, polarity: Polarity = "auto") -> Ink:
 # ----------------------------------------------------------------------------------------- crop and fit
 
 def crop_digit(ink: Ink) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
-    """The ink with specks removed, cropped to its box; None when nothing is left."""
+    """The ink with specks removed, cropped to its box; None when nothing is left or the ink is
+    scattered like noise or texture."""
     labels, n = ndi.label(ink.mask, structure=np.ones((3, 3), bool))
     if n == 0:
         return None
     areas = np.bincount(labels.ravel())[1:]
     big = areas >= SPECK_FRACTION * areas.max()
+    if _scattered(ink.mask, areas, big):
+        return None
     keep = ink.mask if big.all() else np.isin(labels, np.flatnonzero(big) + 1)
     grow = max(1, round(_edge_width(keep) / 2))  # the anti-aliased edge kept around strokes
     x = ink.ink.copy() if not big.all() else ink.ink
@@ -299,6 +304,14 @@ def crop_digit(ink: Ink) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
         return None
     y0, y1, x0, x1 = y0 + int(ys.min()), y0 + int(ys.max()) + 1, x0 + int(xs.min()), x0 + int(xs.max()) + 1
     return x[y0:y1, x0:x1], (x0, y0, x1, y1)
+
+
+def _scattered(mask: np.ndarray, areas: np.ndarray, big: np.ndarray) -> bool:
+    """Noise or texture rather than a digit: ink over a third of the image, or scattered in many
+    pieces none of which dominates. Measured: MNIST test digits drawn on paper have one piece (99th
+    percentile 1), all their ink in it, and cover at most 26% of the image; noise images have 133
+    pieces (median), 84% of their ink in the large ones and cover 36%."""
+    return bool(mask.mean() > SCATTER_COVER or (len(areas) >= SCATTER_PIECES and areas[big].sum() < 0.9 * areas.sum()))
 
 
 def _edge_width(mask: np.ndarray) -> float:
@@ -329,7 +342,7 @@ def _restroke(x: np.ndarray, width: float, goal: float) -> np.ndarray:
             return x
         d = ndi.distance_transform_edt(~skeleton)
         return np.maximum(x, np.clip(goal / 2 + 0.5 - d, 0, 1).astype(np.float32))
-    r = max(1, round((width - goal) / 4))
+    r = min(max(1, round((width - goal) / 4)), 2 * _SUPER)  # a blob's 'width' is its size: erode 2 px at most
     yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
     return ndi.grey_erosion(x, footprint=yy * yy + xx * xx <= r * r)
 
@@ -431,7 +444,7 @@ def prepare_image(source: str | os.PathLike[str] | bytes | Image.Image | np.ndar
         return Prepared(None, False, ink.inverted, notes=ink.notes)
     cropped = crop_digit(ink)
     if cropped is None:
-        return Prepared(None, False, ink.inverted, notes=(*ink.notes, "no ink"))
+        return Prepared(None, False, ink.inverted, notes=(*ink.notes, "no digit-like ink"))
     crop, box = cropped
     box = (box[0] * factor, box[1] * factor, box[2] * factor, box[3] * factor)
     img, width, notes = fit_digit(crop, spec, deskew=deskew, fix_stroke=fix_stroke)
