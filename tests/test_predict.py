@@ -1,0 +1,173 @@
+"""Predictions on real images: the Predictor's batch API and rejection, `digitlab predict`, and
+`digitlab evaluate --images`, on a small CNN trained in seconds on real MNIST."""
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from typer.testing import CliRunner
+
+from digitlab.cli import app
+from digitlab.evaluation.evaluate import evaluate_run
+from digitlab.inference import Predictor, PredictorError
+from digitlab.training import config_from_recipe, train_run
+
+pytestmark = pytest.mark.mnist
+
+TINY = ["data.train_subset=3000", "data.n_val=500", "train.batch_size=100", "train.eval_batch_size=500",
+        "model.args={blocks: [{filters: 8, pool_first: true, batch_norm: true}, "
+        "{filters: 16, pool_first: true, batch_norm: true}], dense: []}", "train.epochs=2"]
+runner = CliRunner()
+
+
+def png(a: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def one_line_error(result, needle: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("digitlab: error: ") and needle in lines[0], result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def model(mnist_dataset, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("predict")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DIGITLAB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        run = Path(train_run(config_from_recipe("fast", TINY), out_root=root, show_progress=False).run_dir)
+        evaluate_run(run)
+    images = root / "images"
+    (images / "sub").mkdir(parents=True)
+    x, y = mnist_dataset.test_images[:40], mnist_dataset.test_labels[:40]
+    for i in range(8):  # dark ink on white, enlarged: what a scan looks like
+        big = np.asarray(Image.fromarray(255 - x[i]).resize((112, 112), Image.Resampling.BICUBIC))
+        (images / f"d{i}_{y[i]}.png").write_bytes(png(big))
+    (images / "sub" / "blank.png").write_bytes(png(np.full((64, 64), 250, np.uint8)))
+    (images / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    labelled = root / "labelled"
+    for i in range(40):
+        (labelled / str(y[i])).mkdir(parents=True, exist_ok=True)
+        (labelled / str(y[i]) / f"t{i}.jpg").write_bytes(png(255 - x[i], "JPEG"))
+    return SimpleNamespace(run=run, images=images, labelled=labelled, x=x, y=y, root=root)
+
+
+def test_evaluate_stores_a_rejection_threshold_chosen_on_validation(model) -> None:
+    cal = json.loads((model.run / "calibration.json").read_text())
+    assert 0 < cal["threshold"] < 1 and "validation" in cal["threshold_rule"]
+    rej = json.loads((model.run / "eval" / "metrics.json").read_text())["rejection"]
+    assert rej["threshold"] == pytest.approx(cal["threshold"])
+    coverages = [row["coverage"] for row in rej["curve"]]
+    assert coverages == sorted(coverages, reverse=True)  # a higher threshold keeps fewer
+    assert Predictor.from_run(model.run).threshold == pytest.approx(cal["threshold"])
+
+
+def test_predict_returns_labels_top_k_and_rejection(model) -> None:
+    p = Predictor.from_run(model.run)
+    out = p.predict(model.x, top_k=3)
+    assert out.proba.shape == (40, 10) and np.allclose(out.proba.sum(axis=1), 1)
+    assert list(out.indices) == list(p.classify(model.x))
+    assert np.mean(out.indices == model.y) > 0.8
+    top = out.top(0)
+    assert len(top) == 3 and top[0][0] == out.labels[0] and top[0][1] >= top[1][1] >= top[2][1]
+    assert np.array_equal(out.rejected, out.confidence < p.threshold)
+    assert p.predict(model.x, min_confidence=1.0).rejected.all()
+    assert not p.predict(model.x, min_confidence=0.0).rejected.any()
+    record = out.record(0)
+    assert set(record) == {"label", "confidence", "rejected", "top_k", "probabilities"}
+    json.dumps(record)
+
+
+def test_predict_images_prepares_and_says_why_it_rejects(model) -> None:
+    p = Predictor.from_run(model.run)
+    blank = png(np.full((50, 50), 255, np.uint8))
+    rng = np.random.default_rng(0)
+    noise = png(rng.integers(0, 256, (64, 64)).astype(np.uint8))
+    blob = Image.new("L", (64, 64), 255)
+    ImageDraw.Draw(blob).ellipse((18, 14, 46, 50), fill=0)  # a filled blob covering 19% of the image
+    digit = png(255 - model.x[0])
+    out = p.predict_images([blank, noise, png(np.asarray(blob)), digit], names=["blank", "noise", "blob", "digit"])
+    assert [o.source for o in out] == ["blank", "noise", "blob", "digit"]
+    assert out[0].rejected and out[0].reason == "no digit found" and out[0].label is None
+    assert out[1].rejected and out[1].reason == "no digit found"  # scattered ink is noise
+    assert out[2].rejected and "not digit-like" in (out[2].reason or "")
+    assert out[3].prepared.found and out[3].prepared.inverted and out[3].label == str(model.y[0])
+
+
+def test_from_path_refuses_what_it_cannot_load(model, tmp_path: Path) -> None:
+    (tmp_path / "junk.onnx").write_bytes(b"not onnx")
+    with pytest.raises(PredictorError, match="not a loadable ONNX model"):
+        Predictor.from_path(tmp_path / "junk.onnx")
+    with pytest.raises(PredictorError, match="neither a run directory"):
+        Predictor.from_path(tmp_path)
+    with pytest.raises(PredictorError, match="export it first"):
+        Predictor.from_path(model.run, backend="onnx")
+    with pytest.raises(PredictorError, match="backend"):
+        Predictor.from_path(model.run, backend="tpu")
+
+
+def test_cli_predict_one_image(model) -> None:
+    f = next(model.images.glob("d0_*.png"))
+    r = runner.invoke(app, ["predict", str(model.run), str(f), "--top-k", "2"])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith(f"{f}: {model.y[0]} (")
+    r = runner.invoke(app, ["predict", str(model.run), str(f), "--json"])
+    data = json.loads(r.stdout)
+    pred = data["predictions"][0]
+    assert pred["label"] == str(model.y[0]) and len(pred["top_k"]) == 3 and pred["found"] and pred["inverted"]
+
+
+def test_cli_predict_a_folder_writes_a_csv_and_what_the_model_saw(model, tmp_path: Path) -> None:
+    csv_path, prepared = tmp_path / "out.csv", tmp_path / "prepared"
+    r = runner.invoke(app, ["predict", str(model.run), str(model.images), "--csv", str(csv_path),
+                            "--save-prepared", str(prepared)])
+    assert r.exit_code == 2, r.output  # one unreadable file: reported, the others still predicted
+    rows = {Path(row["source"]).name: row for row in csv.DictReader(csv_path.open())}
+    assert len(rows) == 10
+    assert "not an image" in rows["broken.png"]["error"] or "corrupt" in rows["broken.png"]["error"]
+    assert rows["blank.png"]["reason"] == "no digit found"
+    correct = sum(rows[n]["label"] == n.split("_")[1].split(".")[0] for n in rows if n.startswith("d"))
+    assert correct >= 6
+    saved = sorted(prepared.glob("*.png"))
+    assert len(saved) == 8 and Image.open(saved[0]).size == (28, 28)
+
+
+def test_cli_predict_bad_inputs_are_one_line(model, tmp_path: Path) -> None:
+    one_line_error(runner.invoke(app, ["predict", str(model.run), str(model.images / "sub" / "broken.png")]),
+                   "broken.png")
+    one_line_error(runner.invoke(app, ["predict", str(model.run), str(tmp_path / "missing.png")]), "missing.png")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_line_error(runner.invoke(app, ["predict", str(model.run), str(empty)]), "no image files")
+    one_line_error(runner.invoke(app, ["predict", str(tmp_path), str(model.images)]), "neither a run directory")
+    f = next(model.images.glob("d0_*.png"))
+    one_line_error(runner.invoke(app, ["predict", str(model.run), str(f), "--polarity", "up"]), "--polarity")
+
+
+def test_cli_min_confidence_one_rejects_everything(model) -> None:
+    f = next(model.images.glob("d1_*.png"))
+    r = runner.invoke(app, ["predict", str(model.run), str(f), "--min-confidence", "1", "--json"])
+    assert json.loads(r.stdout)["predictions"][0]["rejected"] is True
+
+
+def test_cli_evaluate_images_on_a_labelled_folder(model, tmp_path: Path) -> None:
+    run = Path(shutil.copytree(model.run, tmp_path / "run"))
+    r = runner.invoke(app, ["evaluate", str(run), "--images", str(model.labelled)])
+    assert r.exit_code == 0, r.output
+    m = json.loads((run / "eval" / "images-labelled" / "metrics.json").read_text())
+    assert m["n"] == 40
+    rows = list(csv.DictReader((run / "eval" / "images-labelled" / "predictions.csv").open()))
+    right = sum(row["label"] == Path(row["source"]).parent.name for row in rows)
+    assert m["accuracy"] == pytest.approx(right / 40) and m["accuracy"] > 0.7
+    assert np.asarray(m["confusion_matrix"]).sum() == 40 - m["no_digit_found"]
+    one_line_error(runner.invoke(app, ["evaluate", str(run), "--images", str(model.images / "sub")]),
+                   "no images in sub-folders")
