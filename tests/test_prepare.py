@@ -1,0 +1,622 @@
+"""Real-image preparation (``digitlab.inference.prepare``): polarity, cropping, fitting and centring on
+synthetic shapes with known answers; every format, mode and kind of source Pillow gives; one clear
+``ImageError`` for every bad input; ``Predictor.predict_images`` on files; and MNIST test digits
+re-rendered the ways people deliver them, read by a model trained here (``mnist`` marker).
+
+Everything but the last section is hermetic: the images are drawn here.
+"""
+
+import io
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from scipy import ndimage as ndi
+
+from digitlab.data.preprocess import PreprocessSpec
+from digitlab.inference import prepare as prepare_module
+from digitlab.inference.predictor import Predictor
+from digitlab.inference.prepare import ImageError, Prepared, prepare_image
+from digitlab.models import create_model
+from digitlab.training import config_from_recipe, train_run
+
+WHITE, BLACK = 255, 0
+FIT_BOX = 20  # MNIST's box for the longest side of the ink
+CENTRE = 14.0  # MNIST's centre of mass, in pixels of the 28x28 frame
+COM_TOLERANCE = 0.5 + 1e-6  # placement is by whole pixels
+EXIF_ORIENTATION = 0x0112
+SPEC = PreprocessSpec(mean=0.1307, std=0.3081)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers: synthetic drawings (dark ink on white, uint8) and measures of a prepared frame
+
+
+def canvas(h: int, w: int, value: int = WHITE) -> np.ndarray:
+    return np.full((h, w), value, np.uint8)
+
+
+def bar(h: int = 200, w: int = 200, top: int = 50, left: int = 90, height: int = 100, width: int = 20) -> np.ndarray:
+    a = canvas(h, w)
+    a[top:top + height, left:left + width] = BLACK
+    return a
+
+
+def ring(h: int = 100, w: int = 100, cy: float = 50, cx: float = 50, r_in: float = 15, r_out: float = 22) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = np.hypot(yy - cy, xx - cx)
+    return np.where((r >= r_in) & (r <= r_out), BLACK, WHITE).astype(np.uint8)
+
+
+def rectangle(h: int = 120, w: int = 120, top: int = 20, left: int = 35, height: int = 80, width: int = 50,
+              stroke: int = 8) -> np.ndarray:
+    """An outlined rectangle (a "0" drawn with a ruler)."""
+    a = bar(h, w, top, left, height, width)
+    a[top + stroke:top + height - stroke, left + stroke:left + width - stroke] = WHITE
+    return a
+
+
+def ell(h: int, w: int, top: int, left: int, size: int = 60, stroke: int = 10) -> np.ndarray:
+    """An L: its centre of mass is far from the centre of its box."""
+    a = canvas(h, w)
+    a[top:top + size, left:left + stroke] = BLACK
+    a[top + size - stroke:top + size, left:left + size] = BLACK
+    return a
+
+
+def seven(side: int = 112) -> np.ndarray:
+    """A "7" with a crossbar, anti-aliased (drawn at 4x, reduced): asymmetric under rotation and flips."""
+    big = Image.new("L", (4 * side, 4 * side), WHITE)
+    d = ImageDraw.Draw(big)
+    s = 4 * side / 112
+    d.line([(30 * s, 22 * s), (82 * s, 22 * s), (48 * s, 92 * s)], fill=BLACK, width=round(9 * s), joint="curve")
+    d.line([(46 * s, 58 * s), (74 * s, 58 * s)], fill=BLACK, width=round(7 * s))
+    return np.asarray(big.resize((side, side), Image.Resampling.BOX))
+
+
+def encode(im: Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def centre_of_mass(img: np.ndarray) -> tuple[float, float]:
+    cy, cx = ndi.center_of_mass(img.astype(np.float64))
+    return float(cy), float(cx)
+
+
+def extent(img: np.ndarray) -> tuple[int, int]:
+    """Height and width of the ink (any lit pixel)."""
+    ys, xs = np.nonzero(img)
+    return int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+
+
+def corr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel().astype(np.float64), b.ravel().astype(np.float64))[0, 1])
+
+
+def corr_rows(a: np.ndarray, b: np.ndarray, shift: int = 0) -> np.ndarray:
+    """Pearson correlation of each pair of images ``(N, H, W)``, the best over whole-pixel shifts of
+    ``a`` up to ``shift``: where MNIST rounded a centre of mass one way and the preparation the other,
+    a digit one pixel off is still the same digit."""
+    b = b.reshape(len(b), -1).astype(np.float64)
+    b = b - b.mean(axis=1, keepdims=True)
+    best = np.full(len(a), -np.inf)
+    for dy in range(-shift, shift + 1):
+        for dx in range(-shift, shift + 1):
+            x = np.roll(a, (dy, dx), axis=(1, 2)).reshape(len(a), -1).astype(np.float64)
+            x = x - x.mean(axis=1, keepdims=True)
+            c = (x * b).sum(axis=1) / np.sqrt((x * x).sum(axis=1) * (b * b).sum(axis=1) + 1e-12)
+            best = np.maximum(best, c)
+    return best
+
+
+def found(source: object, **kwargs: object) -> Prepared:
+    p = prepare_image(source, **kwargs)
+    assert p.found and p.image is not None, p.notes
+    assert p.image.shape == (28, 28) and p.image.dtype == np.uint8
+    return p
+
+
+def assert_one_line(e: pytest.ExceptionInfo[ImageError], *needles: str) -> None:
+    message = str(e.value)
+    assert message and "\n" not in message, message
+    for needle in needles:
+        assert needle in message, message
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Polarity, centring, fitting and cropping: synthetic shapes with known answers
+
+SHAPES: dict[str, Callable[[], np.ndarray]] = {"bar": bar, "rectangle": rectangle, "ring": ring, "seven": seven}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_polarity_is_read_from_the_background(shape: str) -> None:
+    dark_on_light = SHAPES[shape]()
+    light_on_dark = 255 - dark_on_light
+    a, b = found(dark_on_light), found(light_on_dark)
+    assert a.inverted and "inverted" in a.notes
+    assert not b.inverted and "inverted" not in b.notes
+    assert corr(a.image, b.image) > 0.99  # the same digit either way
+    assert a.image[0].max() == 0 and a.image[:, 0].max() == 0  # MNIST's convention: light ink on black
+
+
+def test_polarity_can_be_forced() -> None:
+    ink_on_paper = seven()
+    auto = found(ink_on_paper)
+    assert found(ink_on_paper, polarity="dark-on-light").inverted
+    assert np.array_equal(found(ink_on_paper, polarity="dark-on-light").image, auto.image)
+    assert not prepare_image(ink_on_paper, polarity="light-on-dark").inverted  # the paper is taken for ink
+    chalk = 255 - ink_on_paper
+    assert not found(chalk, polarity="light-on-dark").inverted
+    assert prepare_image(chalk, polarity="dark-on-light").inverted
+    with pytest.raises(ImageError) as e:
+        prepare_image(ink_on_paper, polarity="upside-down")  # type: ignore[arg-type]
+    assert_one_line(e, "polarity", "upside-down")
+
+
+@pytest.mark.parametrize(("h", "w", "top", "left"), [
+    (400, 400, 5, 5),  # top-left corner of a big canvas
+    (400, 400, 330, 330),  # bottom-right corner
+    (400, 400, 5, 330),
+    (400, 300, 170, 120),  # the middle of a canvas that is not square
+    (80, 80, 10, 10),  # a small image
+], ids=["top-left", "bottom-right", "top-right", "middle", "small"])
+def test_centre_of_mass_is_at_14_14_wherever_the_digit_was(h: int, w: int, top: int, left: int) -> None:
+    p = found(ell(h, w, top, left))
+    cy, cx = centre_of_mass(p.image)
+    assert abs(cy - CENTRE) <= COM_TOLERANCE and abs(cx - CENTRE) <= COM_TOLERANCE, (cy, cx)
+    # placed by its mass, not its box: the L's box is well off centre
+    ys, xs = np.nonzero(p.image)
+    assert (ys.min() + ys.max()) / 2 < CENTRE - 1 and (xs.min() + xs.max()) / 2 > CENTRE + 1
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_centre_of_mass_of_every_shape(shape: str) -> None:
+    cy, cx = centre_of_mass(found(SHAPES[shape]()).image)
+    assert abs(cy - CENTRE) <= COM_TOLERANCE and abs(cx - CENTRE) <= COM_TOLERANCE, (cy, cx)
+
+
+def test_longest_side_fills_the_box_and_the_aspect_is_kept() -> None:
+    tall = found(bar(200, 200, top=40, left=90, height=120, width=16)).image
+    h, w = extent(tall)
+    assert h == FIT_BOX and w < h / 2, (h, w)  # a tall thin bar stays tall and thin
+    wide = found(bar(200, 200, top=90, left=40, height=16, width=120)).image
+    h, w = extent(wide)
+    assert w == FIT_BOX and h < w / 2, (h, w)
+    h, w = extent(found(ring()).image)
+    assert h == w == FIT_BOX
+    h, w = extent(found(rectangle(height=80, width=40)).image)  # 2:1 stays 2:1
+    assert h == FIT_BOX and abs(w - FIT_BOX / 2) <= 1.5, (h, w)
+
+
+def test_fit_box_and_polarity_come_from_the_spec() -> None:
+    small = PreprocessSpec(mean=0.5, std=0.5, fit_box=16)
+    assert max(extent(found(ring(), spec=small).image)) == 16
+    paper = PreprocessSpec(mean=0.5, std=0.5, polarity="dark-on-light")
+    img = found(ring(), spec=paper).image
+    assert img[0, 0] == 255 and img.min() < 64  # a model trained on dark ink gets dark ink
+    assert corr(255 - img, found(ring()).image) > 0.99
+
+
+def test_specks_far_from_the_digit_are_dropped() -> None:
+    clean = bar()
+    dirty = clean.copy()
+    for y, x in [(5, 5), (8, 185), (190, 10), (185, 188), (100, 20)]:  # dust: 3x3 dots far from the bar
+        dirty[y:y + 3, x:x + 3] = BLACK
+    a, b = found(clean), found(dirty)
+    assert b.box == a.box, (a.box, b.box)
+    assert corr(a.image, b.image) > 0.99
+
+
+@pytest.mark.parametrize(("h", "w"), [(120, 90), (1000, 700)], ids=["small", "reduced-internally"])
+def test_box_is_in_source_pixels(h: int, w: int) -> None:
+    top, left, height, width = h // 4, w // 3, h // 2, w // 8
+    p = found(bar(h, w, top, left, height, width))
+    tolerance = 1 + -(-max(h, w) // prepare_module.WORK_SIDE)  # one reduced pixel, and the edge
+    expected = (left, top, left + width, top + height)
+    assert p.box is not None and all(abs(a - b) <= tolerance for a, b in zip(p.box, expected, strict=True)), \
+        (p.box, expected)
+
+
+@pytest.mark.parametrize("image", [
+    canvas(100, 100, WHITE),
+    canvas(100, 100, BLACK),
+    canvas(64, 48, 128),
+    canvas(28, 28, 200),
+    bar(100, 100, 20, 40, 60, 10) // 255 * 2 + 126,  # a bar 2 grey levels off its background: too faint
+], ids=["white", "black", "grey", "small-grey", "faint"])
+def test_no_digit_is_no_guess(image: np.ndarray) -> None:
+    p = prepare_image(image)
+    assert not p.found and p.image is None and p.box is None and p.stroke is None
+
+
+def _lit_bar(noise: float) -> np.ndarray:
+    """A dark bar (x 70-84, y 30-130) photographed under light from the right, with sensor noise."""
+    paper = bar(160, 160, top=30, left=70, height=100, width=14).astype(np.float64)
+    light = np.linspace(0.45, 1.0, 160)[None, :]  # dim on the left, bright on the right
+    noisy = paper * light + 30 * light + np.random.default_rng(0).normal(0, noise, paper.shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def test_uneven_lighting_and_noise_on_a_synthetic_digit() -> None:
+    p, clean = found(_lit_bar(8)), found(bar(160, 160, top=30, left=70, height=100, width=14))
+    assert p.inverted
+    assert corr(p.image, clean.image) > 0.9
+    assert found(_lit_bar(0)).box == (70, 30, 84, 130)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "crop_digit grows the box by half the stroke width (_edge_width / 2) and tightens it to pixels over "
+    "0.05, which noise always has: the box of a 14 px stroke comes out 6 px too wide on each side"))
+def test_box_of_a_noisy_digit() -> None:
+    box = found(_lit_bar(8)).box
+    assert box is not None and all(abs(a - b) <= 3 for a, b in zip(box, (70, 30, 84, 130), strict=True)), box
+
+
+def test_a_model_ready_synthetic_digit_passes_through() -> None:
+    mnist_like = found(255 - seven()).image  # light ink, fitted and centred: what the model takes
+    again = found(mnist_like)
+    assert not again.inverted
+    assert corr(again.image, mnist_like) > 0.98
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Formats, modes and kinds of source
+
+def _rgba(ink: np.ndarray, rgb: int, hidden: int = 0) -> Image.Image:
+    """Ink as alpha over a solid colour; fully transparent pixels hold ``hidden`` (what is under them
+    must not matter)."""
+    a = np.zeros((*ink.shape, 4), np.uint8)
+    a[..., :3] = np.where(ink[..., None] > 0, rgb, hidden)
+    a[..., 3] = ink
+    return Image.fromarray(a, "RGBA")
+
+
+def _la(ink: np.ndarray, level: int) -> Image.Image:
+    return Image.fromarray(np.stack([np.full_like(ink, level), ink], axis=-1), "LA")
+
+
+def _palette(paper: np.ndarray) -> Image.Image:
+    """8 grey levels, white first; index 0 (the paper) is made transparent by the caller."""
+    im = Image.fromarray(((255 - paper) // 32).astype(np.uint8), "P")
+    im.putpalette([v for i in range(8) for v in (255 - 36 * i,) * 3])
+    return im
+
+
+def _sixteen(paper: np.ndarray) -> Image.Image:
+    return Image.fromarray(paper.astype(np.uint16) * 257)  # 16-bit: the same picture, 0-65535
+
+
+def _bilevel(paper: np.ndarray) -> Image.Image:
+    return Image.fromarray(paper).convert("1", dither=Image.Dither.NONE)
+
+
+# (name, encoder of the dark-on-white drawing, the mode Pillow must read back, inverted, least correlation)
+CASES: list[tuple[str, Callable[[np.ndarray], bytes], str, bool, float]] = [
+    ("png-L", lambda p: encode(Image.fromarray(p)), "L", True, 0.99),
+    ("png-RGB", lambda p: encode(Image.fromarray(p).convert("RGB")), "RGB", True, 0.99),
+    ("jpeg-L", lambda p: encode(Image.fromarray(p), "JPEG", quality=90), "L", True, 0.97),
+    ("jpeg-RGB", lambda p: encode(Image.fromarray(p).convert("RGB"), "JPEG", quality=75), "RGB", True, 0.97),
+    ("bmp-L", lambda p: encode(Image.fromarray(p), "BMP"), "L", True, 0.99),
+    ("bmp-RGB", lambda p: encode(Image.fromarray(p).convert("RGB"), "BMP"), "RGB", True, 0.99),
+    ("bmp-1", lambda p: encode(_bilevel(p), "BMP"), "1", True, 0.9),
+    ("tiff-L", lambda p: encode(Image.fromarray(p), "TIFF"), "L", True, 0.99),
+    ("tiff-RGB", lambda p: encode(Image.fromarray(p).convert("RGB"), "TIFF"), "RGB", True, 0.99),
+    ("tiff-I;16", lambda p: encode(_sixteen(p), "TIFF"), "I;16", True, 0.99),
+    ("tiff-1", lambda p: encode(_bilevel(p), "TIFF"), "1", True, 0.9),
+    ("webp-lossless", lambda p: encode(Image.fromarray(p).convert("RGB"), "WEBP", lossless=True), "RGB", True, 0.99),
+    ("webp-q80", lambda p: encode(Image.fromarray(p).convert("RGB"), "WEBP", quality=80), "RGB", True, 0.97),
+    ("gif", lambda p: encode(Image.fromarray(p), "GIF"), "P", True, 0.99),
+    ("png-I;16", lambda p: encode(_sixteen(p)), "I;16", True, 0.99),
+    ("png-1", lambda p: encode(_bilevel(p)), "1", True, 0.9),
+    ("png-P", lambda p: encode(_palette(p)), "P", True, 0.98),
+    ("png-P-transparent", lambda p: encode(_palette(p), transparency=0), "P", True, 0.98),
+    ("gif-P-transparent", lambda p: encode(_palette(p), "GIF", transparency=0), "P", True, 0.98),
+    ("png-RGBA-dark-ink", lambda p: encode(_rgba(255 - p, BLACK)), "RGBA", True, 0.99),
+    ("png-RGBA-dark-ink-white-hidden", lambda p: encode(_rgba(255 - p, BLACK, hidden=WHITE)), "RGBA", True, 0.99),
+    ("png-RGBA-light-ink", lambda p: encode(_rgba(255 - p, WHITE)), "RGBA", False, 0.99),
+    ("png-RGBA-opaque", lambda p: encode(Image.fromarray(p).convert("RGBA")), "RGBA", True, 0.99),
+    ("webp-RGBA-dark-ink", lambda p: encode(_rgba(255 - p, BLACK), "WEBP", lossless=True), "RGBA", True, 0.99),
+    ("tiff-RGBA-light-ink", lambda p: encode(_rgba(255 - p, WHITE), "TIFF"), "RGBA", False, 0.99),
+    ("png-LA-dark-ink", lambda p: encode(_la(255 - p, BLACK)), "LA", True, 0.99),
+    ("png-LA-light-ink", lambda p: encode(_la(255 - p, WHITE)), "LA", False, 0.99),
+]
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    """The seven prepared from its array: what every format and mode must give back."""
+    return found(seven()).image
+
+
+@pytest.mark.parametrize(("encoder", "mode", "inverted", "least"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_every_format_and_mode(encoder: Callable[[np.ndarray], bytes], mode: str, inverted: bool, least: float,
+                               reference: np.ndarray) -> None:
+    data = encoder(seven())
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.mode == mode  # the case exercises the mode it names
+    p = found(data)
+    assert p.inverted == inverted
+    assert corr(p.image, reference) > least
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_is_applied(orientation: int) -> None:
+    upright = Image.fromarray(seven())
+    # what a camera stores: the sensor's pixels, and the turn that shows them upright
+    undo = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[orientation]
+    stored = upright.transpose(undo)
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    tagged = encode(stored, "JPEG", quality=95, exif=exif.tobytes())
+    plain = encode(stored, "JPEG", quality=95)
+    reference = found(encode(upright, "JPEG", quality=95)).image
+    assert corr(found(tagged).image, reference) > 0.97
+    assert corr(found(plain).image, reference) < 0.8  # without the tag it is another picture
+
+
+def test_every_kind_of_source(tmp_path: Path, reference: np.ndarray) -> None:
+    paper = seven()
+    path = tmp_path / "seven.png"
+    path.write_bytes(encode(Image.fromarray(paper)))
+    rgb = np.repeat(paper[..., None], 3, axis=2)
+    sources = {
+        "str path": str(path),
+        "Path": path,
+        "bytes": path.read_bytes(),
+        "bytearray": bytearray(path.read_bytes()),
+        "PIL L": Image.fromarray(paper),
+        "PIL RGB": Image.fromarray(rgb),
+        "PIL RGBA": _rgba(255 - paper, BLACK),
+        "uint8 array": paper,
+        "float array in [0, 1]": paper / 255.0,
+        "float array in [0, 255]": paper.astype(np.float32),
+        "uint16 array": paper.astype(np.uint16) * 257,
+        "RGB array": rgb,
+        "RGBA array": np.asarray(_rgba(255 - paper, BLACK)),
+        "float RGB array in [0, 1]": rgb / 255.0,
+    }
+    for kind, source in sources.items():
+        p = found(source)
+        assert p.inverted, kind
+        assert corr(p.image, reference) > 0.99, kind
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad inputs: one ImageError each, a one-line message naming the problem, and nothing else
+
+def _png_with_size(width: int, height: int) -> bytes:
+    """A valid small PNG whose header claims ``width`` x ``height`` (IHDR patched, CRC recomputed)."""
+    png = encode(Image.fromarray(seven(28)))
+    assert png[12:16] == b"IHDR"
+    body = struct.pack(">II", width, height) + png[24:29]
+    return png[:16] + body + struct.pack(">I", zlib.crc32(b"IHDR" + body)) + png[33:]
+
+
+def _half(data: bytes) -> bytes:
+    return data[:len(data) // 2]
+
+
+BAD_FILES: dict[str, tuple[Callable[[], bytes], str]] = {
+    "zero-bytes": (lambda: b"", "empty"),
+    "truncated-png": (lambda: _half(encode(Image.fromarray(seven()))), "truncated"),
+    "truncated-jpeg": (lambda: _half(encode(Image.fromarray(seven()), "JPEG", quality=75)), "truncated"),
+    "random-bytes": (lambda: np.random.default_rng(0).bytes(4096), "not an image"),
+    "text": (lambda: b"label,confidence\n7,0.99\n", "not an image"),
+    "bomb-100000x100000": (lambda: _png_with_size(100_000, 100_000), "decompression bomb"),
+    # a real 7000x7000 bilevel PNG, 6 KB on disk: over the library's limit, under Pillow's own
+    "bomb-7000x7000": (lambda: encode(Image.new("1", (7000, 7000))), "7000x7000"),
+}
+
+
+@pytest.mark.filterwarnings("error")  # a warning (DecompressionBombWarning, RuntimeWarning) is a failure too
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_bad_file_is_one_image_error(case: str, tmp_path: Path) -> None:
+    make, needle = BAD_FILES[case]
+    data = make()
+    path = tmp_path / f"{case}.png"
+    path.write_bytes(data)
+    with pytest.raises(ImageError) as e:
+        prepare_image(path)
+    assert_one_line(e, str(path), needle)
+    with pytest.raises(ImageError) as e:
+        prepare_image(data)
+    assert_one_line(e, needle)
+
+
+@pytest.mark.filterwarnings("error")
+def test_folder_missing_path_and_oversized_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ImageError) as e:
+        prepare_image(tmp_path)
+    assert_one_line(e, str(tmp_path), "folder")
+    with pytest.raises(ImageError) as e:
+        prepare_image(tmp_path / "nowhere.png")
+    assert_one_line(e, "nowhere.png", "No such file")
+    big = tmp_path / "big.png"
+    big.write_bytes(encode(Image.fromarray(seven())))
+    monkeypatch.setattr(prepare_module, "MAX_BYTES", 100)
+    with pytest.raises(ImageError) as e:
+        prepare_image(big)
+    assert_one_line(e, "big.png", "limit")
+
+
+def _nan_rgb() -> np.ndarray:
+    a = np.repeat((seven() / 255.0)[..., None], 3, axis=2)
+    a[10, 10, 0] = np.nan
+    return a
+
+
+BAD_ARRAYS: list[tuple[str, Callable[[], np.ndarray], str]] = [
+    ("nan", lambda: np.where(seven() > 0, np.nan, 0.0), "NaN"),
+    ("inf", lambda: np.where(seven() > 0, np.inf, 0.0), "NaN or infinite"),
+    ("one-nan-in-gray", lambda: np.pad(np.array([[np.nan]]), 13), "NaN"),
+    ("1-d", lambda: np.zeros(784, np.uint8), "shape"),
+    ("batch", lambda: np.zeros((2, 28, 28), np.uint8), "shape"),
+    ("two-channels", lambda: np.zeros((28, 28, 2), np.uint8), "shape"),
+    ("empty", lambda: np.zeros((0, 28), np.uint8), "shape"),
+    ("scalar", lambda: np.array(7), "shape"),
+]
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize(("make", "needle"), [
+    *[c[1:] for c in BAD_ARRAYS],
+    pytest.param(_nan_rgb, "NaN", marks=pytest.mark.xfail(
+        strict=True, reason="prepare._array_gray casts a float (H, W, 3) array with NaN to uint8 without checking")),
+], ids=[*[c[0] for c in BAD_ARRAYS], "nan-in-rgb"])
+def test_bad_array_is_one_image_error(make: Callable[[], np.ndarray], needle: str) -> None:
+    with pytest.raises(ImageError) as e:
+        prepare_image(make())
+    assert_one_line(e, needle)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Predictor.predict_images on files (an untrained network: what matters here is the path, not the answer)
+
+@pytest.fixture(scope="module")
+def untrained() -> Predictor:
+    torch.manual_seed(0)
+    model = create_model("mlp").eval()
+    return Predictor(name="mlp", kind="torch", model=model, spec=SPEC, class_names=[str(d) for d in range(10)],
+                     info={}, device=torch.device("cpu"))
+
+
+def test_predict_images_blank_is_no_digit_found(untrained: Predictor, tmp_path: Path) -> None:
+    blank, digit = tmp_path / "blank.png", tmp_path / "seven.jpg"
+    blank.write_bytes(encode(Image.fromarray(canvas(64, 64))))
+    digit.write_bytes(encode(Image.fromarray(seven()), "JPEG", quality=75))
+    out = untrained.predict_images([blank, str(digit)], min_confidence=0.0)
+    assert [o.source for o in out] == [str(blank), str(digit)]
+    b, d = out
+    assert not b.prepared.found and b.rejected and b.reason == "no digit found" and b.label is None
+    assert b.record()["found"] is False and b.record()["reason"] == "no digit found"
+    assert d.prepared.found and not d.rejected and d.reason is None and d.label in untrained.class_names
+    assert d.proba is not None and abs(float(d.proba.sum()) - 1) < 1e-6
+
+
+def test_predict_images_corrupt_file_is_an_image_error(untrained: Predictor, tmp_path: Path) -> None:
+    good, corrupt = tmp_path / "seven.png", tmp_path / "corrupt.png"
+    good.write_bytes(encode(Image.fromarray(seven())))
+    corrupt.write_bytes(_half(good.read_bytes()))
+    with pytest.raises(ImageError) as e:
+        untrained.predict_images([good, corrupt])
+    assert_one_line(e, "corrupt.png", "truncated")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MNIST test digits re-rendered the ways people deliver them, read by a small CNN trained here
+#
+# The benchmark (benchmarks/bench_prepare.py) holds the real target, 0.5 point on all 10,000 test digits
+# with the default model; a model trained for seconds on 5,000 images is less forgiving and 200 digits
+# are 0.5 point each, so here the bound is MAX_DROP points. Measured with this model (3 samples of 200
+# digits): drops of -1 to 2.5 points; a preparation that skips the inversion, centres the box instead of
+# the mass, or fits a 14 px box drops 9 to 35 points (tried).
+
+N_DIGITS = 200
+MAX_DROP = 5.0  # points
+# two small blocks on 5,000 images, one epoch: ~95% test accuracy in seconds
+SMALL_CNN = ["data.train_subset=5000", "data.n_val=200", "train.batch_size=64", "train.eval_batch_size=500",
+             "model.args={blocks: [{filters: 8, pool_first: true, batch_norm: true}, "
+             "{filters: 16, pool_first: true, batch_norm: true}], dense: []}"]
+UP = 112  # 4x the frame
+
+
+def _up(digit: np.ndarray, side: int = UP) -> np.ndarray:
+    return np.asarray(Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC), dtype=np.float64)
+
+
+def _paper(light_ink: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(255 - light_ink, 0, 255).round().astype(np.uint8))
+
+
+def _canvas(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    page = Image.new("L", (400, 400), WHITE)
+    page.paste(_paper(_up(digit, 200)), tuple(int(v) for v in rng.integers(0, 201, 2)))
+    return encode(page)
+
+
+def _lighting(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    angle = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:UP, 0:UP] / (UP - 1) - 0.5
+    t = xx * np.cos(angle) + yy * np.sin(angle)
+    light = 0.55 + 0.45 * (t - t.min()) / (t.max() - t.min())
+    photo = (255 - _up(digit)) * light + rng.normal(0, 12, (UP, UP))
+    return encode(Image.fromarray(np.clip(photo, 0, 255).round().astype(np.uint8)))
+
+
+# name -> (digit, rng) -> file bytes; the renderings the issue lists, as the benchmark draws them
+RENDERINGS: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
+    "ink-on-white-png": lambda d, rng: encode(Image.fromarray(255 - d)),
+    "jpeg-q75": lambda d, rng: encode(Image.fromarray(255 - d), "JPEG", quality=75),
+    "canvas-400": _canvas,
+    "thin": lambda d, rng: encode(_paper(ndi.grey_erosion(_up(d), size=(7, 7)))),
+    "thick": lambda d, rng: encode(_paper(ndi.grey_dilation(_up(d), size=(7, 7)))),
+    "rgba-transparent": lambda d, rng: encode(_rgba(d, BLACK)),
+    "lighting-noise": _lighting,
+}
+# least mean correlation (best over 1-pixel shifts) of the prepared digits with the MNIST originals; thin
+# and thick moved every stroke edge by 1.5 px themselves (measured: 0.90-0.91, 0.86; the others 0.88-0.99)
+LEAST_CORR = {"thin": 0.8, "thick": 0.8}
+LEAST_CORR_DEFAULT = 0.85
+KNOWN = {  # renderings where the preparation is known to fall short now; strict: a fix makes them fail here
+    "thick": "crop_digit's SCATTER_COVER (ink over a third of the image is 'noise') drops ~6% of thick digits",
+    "lighting-noise": "ink_map measures the noise after clipping at 0, gets sigma 0, and neither denoises "
+                      "nor thresholds: a grey box of noise stays around the digit (mean correlation 0.82)",
+}
+
+
+@pytest.fixture(scope="module")
+def small_cnn(mnist_dataset, tmp_path_factory: pytest.TempPathFactory) -> Predictor:
+    root = tmp_path_factory.mktemp("runs")
+    with pytest.MonkeyPatch.context() as mp:  # the function-scoped hermetic fixture does not reach here
+        mp.setenv("DIGITLAB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        mp.setenv("DIGITLAB_MIRRORS", "http://127.0.0.1:9/")
+        run = train_run(config_from_recipe("fast", SMALL_CNN), out_root=root, show_progress=False,
+                        evaluate_test=False)
+    return Predictor.from_run(run.run_dir)
+
+
+@pytest.fixture(scope="module")
+def sample(mnist_dataset) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.sort(np.random.default_rng(0).choice(len(mnist_dataset.test_images), N_DIGITS, replace=False))
+    return mnist_dataset.test_images[idx], mnist_dataset.test_labels[idx]
+
+
+@pytest.mark.mnist
+def test_mnist_digits_pass_through_nearly_unchanged(sample: tuple[np.ndarray, np.ndarray]) -> None:
+    digits, _ = sample
+    prepared = [found(d) for d in digits]
+    assert not any(p.inverted for p in prepared)
+    c = corr_rows(np.stack([p.image for p in prepared]), digits)
+    assert c.mean() > 0.97 and np.quantile(c, 0.1) > 0.95, (c.mean(), np.quantile(c, 0.1))
+
+
+@pytest.mark.mnist
+@pytest.mark.parametrize("rendering", [
+    pytest.param(r, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=KNOWN[r])) if r in KNOWN else r
+    for r in RENDERINGS])
+def test_rendered_mnist_digits_read_like_mnist(rendering: str, small_cnn: Predictor,
+                                               sample: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+    digits, labels = sample
+    rng = np.random.default_rng(1)
+    paths = []
+    for i, d in enumerate(digits):
+        paths.append(tmp_path / f"{i:03d}.{'jpg' if 'jpeg' in rendering else 'png'}")
+        paths[-1].write_bytes(RENDERINGS[rendering](d, rng))
+    out = small_cnn.predict_images(paths)
+    raw = float(np.mean(small_cnn.classify(digits) == labels))
+    assert raw > 0.9  # the model is good enough for a drop to mean something
+    missing = [o.source for o in out if not o.prepared.found]
+    assert not missing, f"{len(missing)} digits not found: {missing[:5]}"
+    accuracy = float(np.mean([o.label == str(y) for o, y in zip(out, labels, strict=True)]))
+    assert 100 * (raw - accuracy) <= MAX_DROP, f"{rendering}: {accuracy:.1%} against {raw:.1%} on the raw digits"
+    c = corr_rows(np.stack([o.prepared.image for o in out]), digits, shift=1)
+    least = LEAST_CORR.get(rendering, LEAST_CORR_DEFAULT)
+    assert c.mean() > least, f"{rendering}: mean correlation {c.mean():.3f} with the originals"
