@@ -67,12 +67,13 @@ class AugmentSection(_Strict):
     contrast: float = 0.0           # +- fraction
     noise_std: float = 0.0          # in [0, 1] pixel units
     erasing: float = 0.0            # probability
+    stroke: float = 0.0             # probability of a random stroke-width change (thinner or thicker)
     p: float = 1.0                  # probability of the geometric transform per image
 
     @property
     def enabled(self) -> bool:
         return any((self.rotation, self.translate, self.scale != (1.0, 1.0), self.shear, self.elastic_alpha,
-                    self.contrast, self.noise_std, self.erasing))
+                    self.contrast, self.noise_std, self.erasing, self.stroke))
 
 
 class TrainSection(_Strict):
@@ -87,6 +88,9 @@ class TrainSection(_Strict):
     device: str = "auto"
     threads: int | None = None
     channels_last: bool = False
+    outlier_exposure: float = 0.0   # weight of the uniform-target loss on synthetic non-digits (0: off)
+    outlier_fraction: float = 0.125  # non-digits added to each batch, as a share of the batch size
+    outlier_bank: int = 8000        # how many distinct non-digits are drawn (cached)
 
 
 class RunConfig(_Strict):

@@ -36,6 +36,7 @@ from digitlab.core.fileio import atomic_path
 from digitlab.core.rundir import RunDir, RunDirError
 from digitlab.data.batching import BatchLoader
 from digitlab.data.loading import Dataset, load_dataset
+from digitlab.data.nondigits import cached_nondigits
 from digitlab.data.preprocess import PreprocessSpec, compute_preprocess_spec
 from digitlab.data.splits import split_train_val
 from digitlab.models.registry import count_parameters, create_model, get_entry, make_config
@@ -255,6 +256,14 @@ def _train_classical(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spe
     return _finish(run, result, torch.device("cpu"))
 
 
+def _outlier_bank(cfg: RunConfig, spec: PreprocessSpec, device: torch.device) -> torch.Tensor | None:
+    """The synthetic non-digits of outlier exposure, normalised, on the device (None when off)."""
+    if not cfg.train.outlier_exposure:
+        return None
+    bank = cached_nondigits(cfg.train.outlier_bank, seed=cfg.seed)
+    return spec.normalize(torch.from_numpy(bank)).to(device)
+
+
 def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: PreprocessSpec, model: nn.Module,
                  *, resume: bool, show_progress: bool, log: Callable[[str], None] | None,
                  callbacks: Sequence[EpochCallback], evaluate_test: bool) -> TrainResult:
@@ -269,6 +278,8 @@ def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: P
         augmenter.to(device)
     loader = BatchLoader(split.train_images, split.train_labels, spec, batch_size=t.batch_size, shuffle=True,
                          seed=cfg.seed, drop_last=False, device=device, augment=augmenter)
+    outliers = _outlier_bank(cfg, spec, device)
+    n_out = max(1, round(t.batch_size * t.outlier_fraction)) if outliers is not None else 0
     opt = build_optimizer(cfg.optim, model.parameters())
     sched = build_scheduler(opt, cfg.schedule, steps_per_epoch=len(loader), n_epochs=t.epochs)
     ema = AveragedModel(model, multi_avg_fn=ema_update(t.ema_decay), use_buffers=True) if t.ema_decay else None
@@ -307,9 +318,16 @@ def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: P
         for i, (x, y) in enumerate(loader):
             if t.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            if outliers is not None:  # outlier exposure: non-digits in the batch, trained towards uniform
+                pick = torch.randint(len(outliers), (n_out,), device=device)
+                x = torch.cat([x, outliers[pick].to(memory_format=torch.channels_last) if t.channels_last
+                               else outliers[pick]])
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing)
+                loss = F.cross_entropy(logits[:len(y)].float(), y, label_smoothing=t.label_smoothing)
+                if outliers is not None:
+                    loss = loss - t.outlier_exposure * F.log_softmax(logits[len(y):].float(), dim=1).mean()
+                    logits = logits[:len(y)]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip:
