@@ -58,7 +58,7 @@ WIDTH_TARGET = (2.3, 4.3)
 MIN_CONTRAST = 0.12  # ink must stand this far (of the full range) above the background...
 MIN_CNR = 6.0  # ...and this many noise standard deviations
 SPECK_FRACTION = 0.06  # components smaller than this share of the largest are specks
-SCATTER_COVER = 0.5  # ink over half the image is texture or noise, not a digit (a thick digit framed tight covers 40%)...
+SCATTER_COVER = 0.5  # ink over half the image is noise or texture, not a digit (a thick one framed tight: 40%)...
 SCATTER_PIECES = 40  # ...and so is ink in this many pieces with over 10% of it in specks
 _SUPER = 4  # fitting works at 4x the final resolution
 WORK_SIDE = 320  # larger images are block-averaged down to this longest side before anything else
@@ -244,10 +244,11 @@ def _otsu(x: np.ndarray) -> float:
 
 
 def _noise(x: np.ndarray) -> float:
-    """The background's noise as a robust standard deviation: the spread between the median and the
-    lower quartile (ink is the brightest minority, so both lie in the background), over 0.674."""
-    q25, q50 = np.quantile(x, [0.25, 0.5])
-    return max(float(q50 - q25), 0.0) / 0.674
+    """The background's noise as a robust standard deviation (1.4826 x the median absolute deviation)
+    of the border, where the background is (a thick digit fills too much of the middle to tell its
+    ink from noise there; a digit touching the border is a minority of it)."""
+    b = _border(x)
+    return 1.4826 * float(np.median(np.abs(b - np.median(b))))
 
 
 def ink_map(gray: np.ndarray, polarity: Polarity = "auto") -> Ink:
@@ -292,11 +293,21 @@ def crop_digit(ink: Ink) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
     big = areas >= SPECK_FRACTION * areas.max()
     if _scattered(ink.mask, areas, big):
         return None
+    slices = ndi.find_objects(labels)
+    if not big.all():  # a small piece inside the digit's box (grown by 15%) is a broken stroke, not a speck
+        rows = [s for s, b in zip(slices, big, strict=True) if b]
+        y0, y1 = min(s[0].start for s in rows), max(s[0].stop for s in rows)
+        x0, x1 = min(s[1].start for s in rows), max(s[1].stop for s in rows)
+        my, mx = 0.15 * (y1 - y0), 0.15 * (x1 - x0)
+        for i, sl in enumerate(slices):
+            if not big[i] and sl[0].start >= y0 - my and sl[0].stop <= y1 + my and sl[1].start >= x0 - mx \
+                    and sl[1].stop <= x1 + mx:
+                big[i] = True
     keep = ink.mask if big.all() else np.isin(labels, np.flatnonzero(big) + 1)
     grow = max(1, round(_edge_width(keep) / 2))  # the anti-aliased edge kept around strokes
     x = ink.ink.copy() if not big.all() else ink.ink
     h, w = x.shape
-    for i, sl in enumerate(ndi.find_objects(labels)):
+    for i, sl in enumerate(slices):
         if sl is None or big[i]:
             continue
         ys = slice(max(sl[0].start - grow, 0), min(sl[0].stop + grow, h))
