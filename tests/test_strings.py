@@ -6,9 +6,11 @@ anything else (two rings, a blot, a cross) is nothing in particular (probability
 """
 
 import io
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
@@ -223,14 +225,19 @@ N_STRINGS = 30
 
 
 @pytest.fixture(scope="module")
-def small_cnn(mnist_dataset, tmp_path_factory: pytest.TempPathFactory) -> Predictor:
+def small_cnn(mnist_dataset, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Predictor]:
     root = tmp_path_factory.mktemp("runs")
-    with pytest.MonkeyPatch.context() as mp:  # the function-scoped hermetic fixture does not reach here
-        mp.setenv("DIGITLAB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        mp.setenv("DIGITLAB_MIRRORS", "http://127.0.0.1:9/")
-        run = train_run(config_from_recipe("fast", SMALL_CNN), out_root=root, show_progress=False,
-                        evaluate_test=False)
-    return Predictor.from_run(run.run_dir)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small gains nothing from more, and a busy machine loses (10x CPU)
+    try:
+        with pytest.MonkeyPatch.context() as mp:  # the function-scoped hermetic fixture does not reach here
+            mp.setenv("DIGITLAB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+            mp.setenv("DIGITLAB_MIRRORS", "http://127.0.0.1:9/")
+            run = train_run(config_from_recipe("fast", SMALL_CNN), out_root=root, show_progress=False,
+                            evaluate_test=False)
+        yield Predictor.from_run(run.run_dir)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def read_composed(dataset, predictor: Predictor, gap: tuple[int, int], seed: int, n_digits: int | None = None,

@@ -72,8 +72,10 @@ MAX_GAP = 0.5  # groups further apart than this many line heights are never one 
 GAP_BIAS = 0.0  # a gap between groups is a boundary between digits with probability
 GAP_SLOPE = 20.0  # sigmoid(GAP_BIAS + GAP_SLOPE * gap / line height)
 FAINT = 0.2  # ink above this that touches the mask joins it (hysteresis)
-MIN_SIZE = 0.55  # a piece whose longer side is under this share of the line is a mark (a dash, a dot, a
-MIN_PIXELS = 4  # fragment, a sliver), never a digit; so is one under this many pixels
+STROKE_LEVEL = 0.3  # a piece's strokes are its ink over this share of its peak (its size is theirs)
+MIN_SIZE = 0.4  # a piece whose longer side is under this share of the line is a mark (a dash, a dot, a
+MIN_PIXELS = 4  # fragment, a sliver), never a digit; so is one under this many pixels...
+SKIP_SIZE = 0.6  # ...and one under this share may be one: the reading may drop it
 LOG_FLOOR = 12.0  # the aspect's log-density never goes below -LOG_FLOOR
 # log(width / height) of MNIST's training digits in their frame (ink > 127), mean and std per class 0-9
 ASPECT_LOG_MEAN = np.array([-0.119, -1.007, -0.083, -0.262, -0.27, -0.086, -0.36, -0.294, -0.311, -0.433])
@@ -118,7 +120,7 @@ class _Piece:
 
     crop: np.ndarray
     box: tuple[int, int, int, int]  # x0, y0, x1, y1
-    height: int  # rows from the first to the last of its strokes (ink > 0.3)
+    height: int  # rows from the first to the last of its strokes (ink over STROKE_LEVEL of its peak)
     width: int  # columns likewise
 
 
@@ -237,7 +239,7 @@ def _cut_path(patch: np.ndarray, centre: float, radius: int, slack: float) -> li
 
 def _clean(crop: np.ndarray, grow: int) -> np.ndarray:
     """Drop bits cut off a neighbour: parts far smaller than the piece's largest part."""
-    labels, n = ndi.label(crop > 0.3, structure=np.ones((3, 3), bool))
+    labels, n = ndi.label(crop > STROKE_LEVEL * float(crop.max(initial=0)), structure=np.ones((3, 3), bool))
     if n <= 1:
         return crop
     areas = np.bincount(labels.ravel())[1:]
@@ -258,7 +260,7 @@ def _tight(crop: np.ndarray, origin: tuple[int, int], min_size: float) -> _Piece
     """The crop tightened to its visible ink; None when its strokes' longer side is under ``min_size``
     (a mark, a speck or a sliver, never a digit: and a few pixels blown up to the fitting box would
     make ``fit_digit`` measure an absurd stroke width)."""
-    strokes = crop > 0.3
+    strokes = crop > STROKE_LEVEL * float(crop.max(initial=0))  # relative: a faint digit keeps its size
     if not strokes.any():
         return None
     height, width = (int(_extent(strokes.any(axis=a)[None])[0]) for a in (1, 0))
@@ -404,7 +406,8 @@ def _span_piece(groups: list[_Group], a: _Boundary, b: _Boundary, grow: int, min
 
 def _enumerate(run: _Run, groups: list[_Group], line: float, grow: int) -> None:
     """Fill ``run.spans`` and ``run.pieces``: every span narrow enough for one digit, every whole group
-    (so a reading always exists), and a skip for each atom too short to be a digit (a mark)."""
+    (so a reading always exists), and a skip (piece None) for each atom (a span between neighbouring
+    boundaries) too small to be a digit or small enough to be a mark: the reading may drop it."""
     bounds = run.boundaries
     min_size = MIN_SIZE * line
     for a in range(len(bounds) - 1):
@@ -413,9 +416,12 @@ def _enumerate(run: _Run, groups: list[_Group], line: float, grow: int) -> None:
             if bounds[b].x - bounds[a].x > MAX_DIGIT_WIDTH * line and not whole and b > a + 1:
                 continue
             piece = _span_piece(groups, bounds[a], bounds[b], grow, min_size)
-            if piece is not None or b == a + 1:
+            if piece is not None:
                 run.spans.append((a, b))
                 run.pieces.append(piece)
+            if b == a + 1 and (piece is None or max(piece.height, piece.width) < SKIP_SIZE * line):
+                run.spans.append((a, b))
+                run.pieces.append(None)
 
 
 def _piece_scores(proba: np.ndarray, frames: np.ndarray, spec: PreprocessSpec, sizes: np.ndarray,
