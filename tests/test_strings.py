@@ -175,6 +175,8 @@ def test_blank_images_find_nothing(image: np.ndarray) -> None:
 def test_not_an_image_is_an_image_error() -> None:
     with pytest.raises(ImageError):
         read_digits(b"not an image", ShapeReader())
+    with pytest.raises(ValueError, match="at least one digit"):
+        read_digits(np.zeros((9, 9), np.uint8), ShapeReader(), n_digits=0)
 
 
 def test_boxes_are_in_source_pixels_when_a_large_image_is_reduced() -> None:

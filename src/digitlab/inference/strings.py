@@ -71,7 +71,8 @@ BOUNDARY_SLOPE = 2.0  # sigmoid(BOUNDARY_BIAS - BOUNDARY_SLOPE * strokes it cros
 MAX_GAP = 0.5  # groups further apart than this many line heights are never one digit
 GAP_BIAS = 0.0  # a gap between groups is a boundary between digits with probability
 GAP_SLOPE = 20.0  # sigmoid(GAP_BIAS + GAP_SLOPE * gap / line height)
-FAINT = 0.2  # ink above this that touches the mask joins it (hysteresis)
+FAINT = 0.1  # ink above this that touches the mask joins it (hysteresis)
+OWN_REACH = 0.15  # a group's ink: every pixel nearer to it than to any other group, within this many line heights
 STROKE_LEVEL = 0.3  # a piece's strokes are its ink over this share of its peak (its size is theirs)
 MIN_SIZE = 0.4  # a piece whose longer side is under this share of the line is a mark (a dash, a dot, a
 MIN_PIXELS = 4  # fragment, a sliver), never a digit; so is one under this many pixels...
@@ -182,17 +183,18 @@ def _group_components(boxes: np.ndarray, areas: np.ndarray) -> tuple[list[list[i
     return ordered, line
 
 
-def _own_ink(ink: np.ndarray, mask: np.ndarray, labels: np.ndarray, members: list[int], box: np.ndarray,
-             grow: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """The ink of ``members`` (0-based component indices) in their padded box, anti-aliased edge included:
-    a pixel belongs to the component nearest to it, within ``grow`` px."""
-    h, w = mask.shape
-    y0, y1 = max(int(box[0]) - grow, 0), min(int(box[1]) + grow, h)
-    x0, x1 = max(int(box[2]) - grow, 0), min(int(box[3]) + grow, w)
+def _own_ink(ink: np.ndarray, labels: np.ndarray, members: list[int], box: np.ndarray,
+             reach: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The ink of ``members`` (0-based component indices) in their box padded by ``reach``: every pixel
+    whose nearest component is one of them, within ``reach`` px (the anti-aliased edge, and strokes too
+    faint for the mask that lie next to the digit, come with it; a neighbour's never)."""
+    h, w = labels.shape
+    y0, y1 = max(int(box[0]) - reach, 0), min(int(box[1]) + reach, h)
+    x0, x1 = max(int(box[2]) - reach, 0), min(int(box[3]) + reach, w)
     lab = labels[y0:y1, x0:x1]
     dist, (iy, ix) = ndi.distance_transform_edt(lab == 0, return_indices=True)
     owner = lab[iy, ix]
-    own = np.isin(owner, np.asarray(members) + 1) & (dist <= grow)
+    own = np.isin(owner, np.asarray(members) + 1) & (dist <= reach)
     return np.where(own, ink[y0:y1, x0:x1], 0).astype(np.float32), (y0, x0)
 
 
@@ -559,7 +561,10 @@ def read_digits(source: str | os.PathLike[str] | bytes | Image.Image | np.ndarra
 
     Raises:
         ImageError: the source is not a readable image.
+        ValueError: ``n_digits`` or ``max_digits`` under 1.
     """
+    if (n_digits is not None and n_digits < 1) or max_digits < 1:
+        raise ValueError(f"n_digits={n_digits}, max_digits={max_digits}: a line holds at least one digit")
     gray = load_gray(source)
     factor = _working_factor(gray, polarity)
     if factor > 1:
@@ -581,7 +586,7 @@ def read_digits(source: str | os.PathLike[str] | bytes | Image.Image | np.ndarra
     groups = []
     for m in members:
         gbox = np.array([boxes[m, 0].min(), boxes[m, 1].max(), boxes[m, 2].min(), boxes[m, 3].max()])
-        patch, origin = _own_ink(ink.ink, mask, labels, m, gbox, grow)
+        patch, origin = _own_ink(ink.ink, labels, m, gbox, max(grow, round(OWN_REACH * line)))
         groups.append(_Group(patch, origin, int(gbox[2]), int(gbox[3])))
     runs = _runs(groups, line, stroke, SPLIT_WIDTH if n_digits is None else SPLIT_WIDTH_COUNTED)
     for run in runs:
