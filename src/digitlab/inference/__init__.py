@@ -12,9 +12,12 @@ from digitlab.inference.predictor import (
     softmax,
 )
 from digitlab.inference.prepare import ImageError, Prepared, prepare_image
+from digitlab.inference.strings import Digit, DigitString, read_digits
 
 __all__ = [
     "Calibration",
+    "Digit",
+    "DigitString",
     "ImageError",
     "ImagePrediction",
     "Predictions",
@@ -22,5 +25,6 @@ __all__ = [
     "PredictorError",
     "Prepared",
     "prepare_image",
+    "read_digits",
     "softmax",
 ]

@@ -244,11 +244,13 @@ def _otsu(x: np.ndarray) -> float:
 
 
 def _noise(x: np.ndarray) -> float:
-    """The background's noise as a robust standard deviation (1.4826 x the median absolute deviation)
-    of the border, where the background is (a thick digit fills too much of the middle to tell its
-    ink from noise there; a digit touching the border is a minority of it)."""
+    """The background's noise as a robust standard deviation, the smaller of two estimates: 1.4826 x
+    the median absolute deviation of the border (wrong when ink fills the border: a tight crop), and
+    the spread between the median and the lower quartile of the whole image over 0.674 (wrong when ink
+    fills much of the image: a thick digit)."""
     b = _border(x)
-    return 1.4826 * float(np.median(np.abs(b - np.median(b))))
+    q25, q50 = np.quantile(x, [0.25, 0.5])
+    return min(1.4826 * float(np.median(np.abs(b - np.median(b)))), max(float(q50 - q25), 0.0) / 0.674)
 
 
 def ink_map(gray: np.ndarray, polarity: Polarity = "auto") -> Ink:
@@ -332,7 +334,9 @@ def _scattered(mask: np.ndarray, areas: np.ndarray, big: np.ndarray) -> bool:
     pieces none of which dominates. Measured: MNIST test digits drawn on paper have one piece (99th
     percentile 1), all their ink in it, and cover at most 26% of the image; noise images have 133
     pieces (median), 84% of their ink in the large ones and cover 36%."""
-    return bool(mask.mean() > SCATTER_COVER or (len(areas) >= SCATTER_PIECES and areas[big].sum() < 0.9 * areas.sum()))
+    many = len(areas) >= SCATTER_PIECES // 4  # one piece covering most of a tight crop is a digit, not texture
+    return bool(many and (mask.mean() > SCATTER_COVER or
+                          (len(areas) >= SCATTER_PIECES and areas[big].sum() < 0.9 * areas.sum())))
 
 
 def _edge_width(mask: np.ndarray) -> float:
