@@ -210,10 +210,8 @@ def _border(x: np.ndarray) -> np.ndarray:
 
 
 def _background(x: np.ndarray) -> np.ndarray:
-    """A smooth (quadratic) background fitted to the darker pixels; flat for small images."""
+    """A smooth (quadratic) background fitted to the darker pixels (for images of 48 px and more)."""
     h, w = x.shape
-    if min(h, w) < 48:
-        return np.full_like(x, float(np.median(_border(x))))
     step = max(1, max(h, w) // 64)  # fit on a coarse grid: the background is smooth
     ys, xs = np.mgrid[0:h:step, 0:w:step]
     v = x[::step, ::step].ravel().astype(np.float64)
@@ -257,10 +255,14 @@ def ink_map(gray: np.ndarray, polarity: Polarity = "auto") -> Ink:
     """Grayscale in [0, 1] -> light ink on a zero background, contrast-stretched (steps 2 of the module doc)."""
     if polarity not in POLARITIES:
         raise ImageError(f"polarity {polarity!r}: choose from {', '.join(POLARITIES)}")
-    inverted = polarity == "dark-on-light" or (polarity == "auto" and float(np.median(_border(gray))) > 0.5)
+    edge = float(np.median(_border(gray)))
+    inverted = polarity == "dark-on-light" or (polarity == "auto" and edge > 0.5)
     x = 1.0 - gray if inverted else gray.copy()
     notes: list[str] = ["inverted"] if inverted else []
-    x = x - _background(x)
+    if min(x.shape) < 48:  # small: a flat background, the border's level (the same median, inverted or not)
+        x -= np.float32(1.0 - edge if inverted else edge)
+    else:
+        x = x - _background(x)
     sigma = _noise(x)
     if sigma > 0.02 and min(x.shape) >= 16:
         x = ndi.median_filter(x, size=3)
