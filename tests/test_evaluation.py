@@ -622,3 +622,16 @@ def test_cuda_asked_for_without_cuda_is_a_config_error() -> None:
         pytest.skip("this machine has CUDA")
     with pytest.raises(ConfigError, match="no CUDA"):
         resolve_device("cuda")
+
+
+def test_runs_evaluated_before_an_option_existed_still_group_with_newer_ones() -> None:
+    from digitlab.core.config import RunConfig
+    from digitlab.evaluation.compare import _group_key
+
+    new = {"recipe": "default", "dataset": "mnist", "config": RunConfig(recipe="default").model_dump(mode="json")}
+    old_cfg = RunConfig(recipe="default", seed=1).model_dump(mode="json")
+    del old_cfg["augment"]["stroke"]  # written by a digitlab without that option
+    old = {**new, "config": old_cfg}
+    assert _group_key(new) == _group_key(old)
+    other = {**new, "config": RunConfig(recipe="default", augment={"stroke": 0.3}).model_dump(mode="json")}
+    assert _group_key(new) != _group_key(other)

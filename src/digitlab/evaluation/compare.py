@@ -9,6 +9,7 @@ Runs of one recipe (several seeds) become one row with accuracy mean +- std. Run
 yet are evaluated first (``evaluate_run``, test split).
 """
 
+import contextlib
 import json
 import os
 import statistics
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from digitlab.core.config import RunConfig
 from digitlab.core.fileio import atomic_write_text
 from digitlab.core.rundir import RunDir
 from digitlab.evaluation import plots
@@ -35,6 +37,10 @@ def _mean(values: list[float | None]) -> float | None:
 def _group_key(m: dict[str, Any]) -> str:
     """Runs are seeds of one recipe when their whole config, seeds aside (seed, data.split_seed), is the same."""
     cfg = dict(m.get("config") or {})
+    # options added to digitlab after a run was evaluated take their defaults (so they do not split a group);
+    # a config that does not validate (pydantic's ValidationError is a ValueError) is compared as written
+    with contextlib.suppress(ValueError):
+        cfg = RunConfig.model_validate(cfg).model_dump(mode="json")
     cfg.pop("seed", None)
     cfg["data"] = {k: v for k, v in (cfg.get("data") or {}).items() if k != "split_seed"}
     return json.dumps([m.get("recipe"), cfg, m["dataset"]], sort_keys=True)
