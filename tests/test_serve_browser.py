@@ -1,0 +1,161 @@
+"""The drawing page in headless Chromium against the real app (uvicorn on 127.0.0.1): an empty canvas
+says "draw a digit" and asks nothing, mouse strokes drawn as a 1 and a 7 are read as such, the 28x28
+view shows what the model read, Clear starts over, and nothing is fetched from outside the app."""
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from digitlab.training import config_from_recipe, train_run
+
+pytestmark = pytest.mark.mnist
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+# A small CNN on real MNIST: seconds of training, and enough to read clear strokes.
+TINY = ["data.train_subset=6000", "data.n_val=500", "train.batch_size=100", "train.eval_batch_size=500",
+        "model.args={blocks: [{filters: 8, pool_first: true, batch_norm: true}, "
+        "{filters: 16, pool_first: true, batch_norm: true}], dense: []}", "train.epochs=3"]
+START_TIMEOUT_S = 30
+ANSWER_TIMEOUT_MS = 15_000
+EMPTY = "draw a digit"
+
+# Strokes in the canvas's own pixels (280 x 280), drawn like MNIST: centred, about 2/3 of the height.
+ONE = [[(146, 52), (140, 140), (134, 228)]]
+SEVEN = [[(84, 62), (150, 60), (198, 60), (170, 120), (142, 180), (124, 228)]]
+
+# Ink in the small canvas: how many pixels are bright, and the extent of the bright ones.
+READ_PREPARED = """() => {
+  const c = document.getElementById("prepared");
+  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  let n = 0, x0 = c.width, x1 = -1, y0 = c.height, y1 = -1;
+  for (let i = 0; i < c.width * c.height; i++) {
+    if (d[4 * i] > 127) {
+      const x = i % c.width, y = Math.floor(i / c.width);
+      n++; x0 = Math.min(x0, x); x1 = Math.max(x1, x); y0 = Math.min(y0, y); y1 = Math.max(y1, y);
+    }
+  }
+  return {size: [c.width, c.height], n, width: x1 - x0 + 1, height: y1 - y0 + 1};
+}"""
+# The page marks itself idle when no request is in flight or waiting.
+SETTLED = f"""() => document.body.dataset.state === "idle"
+  && document.getElementById("label").textContent !== "{EMPTY}" """
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium not found: `make test` installs Debian's chromium package")
+        pytest.skip("chromium not installed (make test installs it)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(mnist_dataset, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The app on a free port of 127.0.0.1 with a freshly trained CNN; yields its base URL."""
+    uvicorn = pytest.importorskip("uvicorn")
+    from digitlab.serve.app import create_app
+    from digitlab.serve.settings import ServeSettings
+
+    run = train_run(config_from_recipe("fast", TINY), out_root=tmp_path_factory.mktemp("runs"),
+                    show_progress=False).run_dir
+    app = create_app(ServeSettings(model=Path(run)))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))  # the port stays ours from here: no race with another process
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not srv.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            srv.should_exit = True
+            pytest.fail(f"the app did not start on 127.0.0.1:{port} within {START_TIMEOUT_S} s")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def draw(page, strokes: list[list[tuple[int, int]]], steps: int = 12) -> None:
+    """Mouse strokes through the given canvas points, in many small moves as a hand makes them."""
+    box = page.locator("#pad").bounding_box()
+    width = page.evaluate("document.getElementById('pad').width")
+    height = page.evaluate("document.getElementById('pad').height")
+
+    def at(p: tuple[int, int]) -> tuple[float, float]:
+        return box["x"] + p[0] * box["width"] / width, box["y"] + p[1] * box["height"] / height
+
+    for stroke in strokes:
+        page.mouse.move(*at(stroke[0]))
+        page.mouse.down()
+        for p in stroke[1:]:
+            page.mouse.move(*at(p), steps=steps)
+        page.mouse.up()
+
+
+def shown(page) -> dict:
+    page.wait_for_function(SETTLED, timeout=ANSWER_TIMEOUT_MS)
+    return {"label": page.locator("#label").inner_text(), "status": page.locator("#status").inner_text(),
+            "top_bar": page.locator("#bars li.top").get_attribute("data-digit"),
+            "prepared": page.evaluate(READ_PREPARED)}
+
+
+def test_drawing_page_reads_a_1_and_a_7(server: str, tmp_path: Path) -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 800})
+            fetched: list[str] = []
+            api_calls: list[str] = []
+            page.on("request", lambda r: fetched.append(r.url))
+            page.on("request", lambda r: api_calls.append(r.url) if "/v1/predict" in r.url else None)
+            page.goto(server + "/", timeout=30_000)
+            page.wait_for_load_state("networkidle")
+
+            empty = page.locator("#label").inner_text()
+            blank_prepared = page.evaluate(READ_PREPARED)
+            calls_when_empty = len(api_calls)
+            assert page.locator("#pad").get_attribute("role") == "img"
+            assert page.locator("#pad").get_attribute("aria-label")
+            assert page.locator("#status").get_attribute("aria-live") == "polite"
+
+            draw(page, ONE)
+            one = shown(page)
+            calls_for_one = len(api_calls) - calls_when_empty
+            page.screenshot(path=str(tmp_path / "one.png"), full_page=True)
+
+            page.get_by_role("button", name="Clear").click()
+            cleared = page.locator("#label").inner_text()
+            cleared_prepared = page.evaluate(READ_PREPARED)
+
+            draw(page, SEVEN)
+            seven = shown(page)
+            page.screenshot(path=str(tmp_path / "seven.png"), full_page=True)
+            page.get_by_role("button", name="Clear").click()
+            last = page.locator("#label").inner_text()
+        finally:
+            browser.close()
+
+    assert empty == EMPTY and blank_prepared["n"] == 0
+    assert calls_when_empty == 0  # an empty canvas is never sent: no guess without ink
+    assert calls_for_one >= 1
+    assert one["label"] == "1", one
+    assert one["top_bar"] == "1", one
+    assert one["prepared"]["size"] == [28, 28] and one["prepared"]["n"] >= 15, one
+    assert one["prepared"]["height"] > 2 * one["prepared"]["width"], one  # a tall, narrow stroke
+    assert seven["label"] == "7", seven
+    assert seven["top_bar"] == "7", seven
+    assert seven["prepared"]["n"] >= 25 and seven["prepared"]["height"] >= 15, seven
+    assert cleared == EMPTY and cleared_prepared["n"] == 0 and last == EMPTY
+    assert [u for u in fetched if not u.startswith((server, "data:"))] == []  # works offline
+    assert (tmp_path / "one.png").stat().st_size > 10_000 and (tmp_path / "seven.png").stat().st_size > 10_000
