@@ -474,6 +474,42 @@ def push_to_hub(
     out.print(f"pushed: {url}")
 
 
+@app.command("serve")
+def serve(
+    model: Annotated[Path, typer.Argument(help="A run directory, an exported .onnx file or a hub folder.",
+                                          exists=True)],
+    host: Annotated[str, typer.Option("--host", help="The address to listen on (127.0.0.1: this machine only).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="The port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes (each loads the "
+                                         "model).")] = 1,
+) -> None:
+    """Serve the model: REST API (/v1/..., OpenAPI at /docs) and the drawing page at /. Limits, CORS and defaults
+    come from DIGITLAB_SERVE_* variables (MAX_BODY_BYTES, MAX_BATCH, TIMEOUT_S, CORS_ORIGINS, TOP_K)."""
+    import os
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from digitlab.inference import Predictor
+    from digitlab.serve import ServeSettings, create_app
+    from digitlab.serve.settings import ENV_PREFIX
+
+    try:
+        settings = ServeSettings(model=model)
+    except ValidationError as e:  # a bad DIGITLAB_SERVE_* value
+        first = e.errors()[0]
+        raise typer.BadParameter(f"{ENV_PREFIX}{str(first['loc'][0]).upper()}: {first['msg']}") from None
+    predictor = Predictor.from_path(model)  # a model that cannot load fails here, not in a worker
+    err.print(f"serving {predictor.name} ({model}) on http://{host}:{port}/ (API docs at /docs)")
+    if workers == 1:
+        uvicorn.run(create_app(settings, predictor=predictor), host=host, port=port, log_level="info")
+        return
+    os.environ[f"{ENV_PREFIX}MODEL"] = str(model.resolve())
+    uvicorn.run("digitlab.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level="info")
+
+
 @app.command("tune")
 def tune(
     recipe: Annotated[str | None, typer.Option("--recipe", "-r", help="Recipe to tune (default: the one the space "
