@@ -8,9 +8,12 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from PIL import Image
 
 from digitlab.training import config_from_recipe, train_run
 
@@ -85,6 +88,28 @@ def server(mnist_dataset, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         sock.close()
 
 
+@contextmanager
+def open_page(server: str) -> Iterator[SimpleNamespace]:
+    """The page in headless Chromium, with every URL it fetched and every script error it raised."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 800})
+            seen = SimpleNamespace(page=page, fetched=[], errors=[])
+            page.on("request", lambda r: seen.fetched.append(r.url))
+            page.on("pageerror", lambda e: seen.errors.append(str(e)))
+            page.goto(server + "/", timeout=30_000)
+            page.wait_for_load_state("networkidle")
+            yield seen
+        finally:
+            browser.close()
+
+
+def shifted(strokes: list[list[tuple[int, int]]], dx: int) -> list[list[tuple[int, int]]]:
+    return [[(x + dx, y) for x, y in stroke] for stroke in strokes]
+
+
 def draw(page, strokes: list[list[tuple[int, int]]], steps: int = 12) -> None:
     """Mouse strokes through the given canvas points, in many small moves as a hand makes them."""
     box = page.locator("#pad").bounding_box()
@@ -105,46 +130,35 @@ def draw(page, strokes: list[list[tuple[int, int]]], steps: int = 12) -> None:
 def shown(page) -> dict:
     page.wait_for_function(SETTLED, timeout=ANSWER_TIMEOUT_MS)
     return {"label": page.locator("#label").inner_text(), "status": page.locator("#status").inner_text(),
-            "top_bar": page.locator("#bars li.top").get_attribute("data-digit"),
+            "top_bar": page.evaluate("document.querySelector('#bars li.top')?.dataset.digit ?? null"),
             "prepared": page.evaluate(READ_PREPARED)}
 
 
 def test_drawing_page_reads_a_1_and_a_7(server: str, tmp_path: Path) -> None:
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 800})
-            fetched: list[str] = []
-            api_calls: list[str] = []
-            page.on("request", lambda r: fetched.append(r.url))
-            page.on("request", lambda r: api_calls.append(r.url) if "/v1/predict" in r.url else None)
-            page.goto(server + "/", timeout=30_000)
-            page.wait_for_load_state("networkidle")
+    with open_page(server) as seen:
+        page = seen.page
+        calls = lambda: sum("/v1/predict" in u for u in seen.fetched)  # noqa: E731
+        empty = page.locator("#label").inner_text()
+        blank_prepared = page.evaluate(READ_PREPARED)
+        calls_when_empty = calls()
+        assert page.locator("#pad").get_attribute("role") == "img"
+        assert page.locator("#pad").get_attribute("aria-label")
+        assert page.locator("#status").get_attribute("aria-live") == "polite"
 
-            empty = page.locator("#label").inner_text()
-            blank_prepared = page.evaluate(READ_PREPARED)
-            calls_when_empty = len(api_calls)
-            assert page.locator("#pad").get_attribute("role") == "img"
-            assert page.locator("#pad").get_attribute("aria-label")
-            assert page.locator("#status").get_attribute("aria-live") == "polite"
+        draw(page, ONE)
+        one = shown(page)
+        calls_for_one = calls() - calls_when_empty
+        page.screenshot(path=str(tmp_path / "one.png"), full_page=True)
 
-            draw(page, ONE)
-            one = shown(page)
-            calls_for_one = len(api_calls) - calls_when_empty
-            page.screenshot(path=str(tmp_path / "one.png"), full_page=True)
+        page.get_by_role("button", name="Clear").click()
+        cleared = page.locator("#label").inner_text()
+        cleared_prepared = page.evaluate(READ_PREPARED)
 
-            page.get_by_role("button", name="Clear").click()
-            cleared = page.locator("#label").inner_text()
-            cleared_prepared = page.evaluate(READ_PREPARED)
-
-            draw(page, SEVEN)
-            seven = shown(page)
-            page.screenshot(path=str(tmp_path / "seven.png"), full_page=True)
-            page.get_by_role("button", name="Clear").click()
-            last = page.locator("#label").inner_text()
-        finally:
-            browser.close()
+        draw(page, SEVEN)
+        seven = shown(page)
+        page.screenshot(path=str(tmp_path / "seven.png"), full_page=True)
+        page.get_by_role("button", name="Clear").click()
+        last = page.locator("#label").inner_text()
 
     assert empty == EMPTY and blank_prepared["n"] == 0
     assert calls_when_empty == 0  # an empty canvas is never sent: no guess without ink
@@ -157,5 +171,54 @@ def test_drawing_page_reads_a_1_and_a_7(server: str, tmp_path: Path) -> None:
     assert seven["top_bar"] == "7", seven
     assert seven["prepared"]["n"] >= 25 and seven["prepared"]["height"] >= 15, seven
     assert cleared == EMPTY and cleared_prepared["n"] == 0 and last == EMPTY
-    assert [u for u in fetched if not u.startswith((server, "data:"))] == []  # works offline
+    assert [u for u in seen.fetched if not u.startswith((server, "data:"))] == []  # works offline
+    assert seen.errors == []
     assert (tmp_path / "one.png").stat().st_size > 10_000 and (tmp_path / "seven.png").stat().st_size > 10_000
+
+
+def test_upload_digit_strings_keyboard_and_api_errors(server: str, mnist_dataset, tmp_path: Path) -> None:
+    # A scan-like upload: an MNIST test digit, dark on white and enlarged.
+    digit, truth = mnist_dataset.test_images[0], str(mnist_dataset.test_labels[0])
+    big = Image.fromarray(255 - digit).resize((112, 112), Image.Resampling.BICUBIC)
+    big.save(tmp_path / "digit.png")
+    with open_page(server) as seen:
+        page = seen.page
+        page.set_input_files("#upload", str(tmp_path / "digit.png"))
+        uploaded = shown(page)
+
+        # Keyboard: Tab reaches every control, and the focused one is outlined.
+        page.get_by_role("button", name="Clear").click()
+        page.locator("body").focus()
+        focused, outlines = [], []
+        for _ in range(6):
+            page.keyboard.press("Tab")
+            focused.append(page.evaluate("document.activeElement.id"))
+            outlines.append(page.evaluate("getComputedStyle(document.activeElement).outlineStyle"))
+
+        page.locator("#mode").focus()
+        page.keyboard.press("Enter")  # a real <button>: the keyboard switches to digit-string mode
+        pressed = page.locator("#mode").get_attribute("aria-pressed")
+        wide = page.evaluate("document.getElementById('pad').width")
+        draw(page, shifted(ONE, 160) + shifted(SEVEN, 360))
+        line = shown(page)
+        digits = page.locator("#digits li").count()
+        page.screenshot(path=str(tmp_path / "string.png"), full_page=True)
+
+        # An API error is a message on the page, not an exception.
+        page.locator("#mode").click()
+        page.route("**/v1/predict", lambda route: route.fulfill(
+            status=422, content_type="application/json", body='{"error": "image: not valid base64"}'))
+        draw(page, ONE)
+        page.wait_for_function("document.body.dataset.state === 'idle'", timeout=ANSWER_TIMEOUT_MS)
+        status = page.locator("#status").inner_text()
+        status_class = page.locator("#status").get_attribute("class")
+
+    assert uploaded["label"] == truth, uploaded
+    assert uploaded["prepared"]["n"] >= 15, uploaded
+    assert {"clear", "upload", "mode"} <= set(focused), focused
+    assert all(o != "none" for f, o in zip(focused, outlines, strict=True) if f in {"clear", "mode"}), outlines
+    assert pressed == "true" and wide > 2 * 280
+    assert line["label"] == "17" and digits == 2, line
+    assert status.startswith("Error: 422") and "not valid base64" in status and "error" in (status_class or "")
+    assert seen.errors == []
+    assert (tmp_path / "string.png").exists()
