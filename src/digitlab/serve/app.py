@@ -298,6 +298,8 @@ async def read_body_json(request: Request) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise ClientError(422, one_line(f"malformed JSON: {e}")) from None
+    except RecursionError:
+        raise ClientError(422, "malformed JSON: nested too deeply") from None
 
 
 def parse(model: type[T], data: Any) -> T:
@@ -310,12 +312,14 @@ def parse(model: type[T], data: Any) -> T:
 
 
 async def form_files(request: Request, field: str, max_files: int) -> list[bytes]:
-    """The files posted under ``field`` (multipart), read; a ClientError when none or unreadable."""
+    """The files posted under ``field`` (multipart), read; a ClientError when none, too many or unreadable."""
     try:
         form = await request.form(max_files=max_files, max_fields=100)
     except ClientError:
         raise
     except HTTPException as e:  # starlette's multipart errors (too many files, bad boundary)
+        if "too many files" in str(e.detail).lower():
+            raise ClientError(422, f"more than {max_files} files: send at most {max_files}") from None
         raise ClientError(422, one_line(f"bad multipart form: {e.detail}")) from None
     except Exception as e:  # malformed multipart bytes surface as parser errors of several kinds
         raise ClientError(422, one_line(f"bad multipart form: {e}")) from None
@@ -428,7 +432,8 @@ def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | 
     async def model_info(p: PredictorDep, s: SettingsDep) -> dict[str, Any]:
         """The model: name, kind, classes, rejection threshold, preprocessing spec, evaluation summary."""
         cal = p.calibration
-        return {"name": p.name, "kind": p.kind, "backend": p.backend, "digitlab_version": __version__,
+        return {"name": p.name, "kind": p.kind, "backend": p.backend, "n_params": p.info.get("n_params"),
+                "digitlab_version": __version__,
                 "source": p.source.name if p.source else None, "class_names": p.class_names,
                 "threshold": p.threshold, "temperature": cal.temperature if cal else None,
                 "preprocess": p.spec.model_dump(mode="json"), "top_k_default": s.top_k,
@@ -503,7 +508,7 @@ def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | 
                        polarity=polarity)
         kind = content_kind(request)
         if kind == "multipart":
-            files = await form_files(request, "files", s.max_batch + 1)
+            files = await form_files(request, "files", s.max_batch)
         elif kind == "json":
             body = parse(BatchRequest, await read_body_json(request))
             opts = _merge(opts, body)
@@ -513,7 +518,7 @@ def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | 
         else:
             raise ClientError(422, "a batch is multipart/form-data ('files' fields) or JSON {\"images\": [...]}")
         if len(files) > s.max_batch:
-            raise ClientError(422, f"{len(files)}+ images: a batch holds at most {s.max_batch}")
+            raise ClientError(422, f"{len(files)} images: a batch holds at most {s.max_batch}")
         if not files:
             raise ClientError(422, "an empty batch: send at least one image")
 
