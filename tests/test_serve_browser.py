@@ -213,6 +213,16 @@ def test_upload_digit_strings_keyboard_and_api_errors(server: str, mnist_dataset
         status = page.locator("#status").inner_text()
         status_class = page.locator("#status").get_attribute("class")
 
+        # Ink the model finds no digit in (found: false) is no guess either.
+        page.get_by_role("button", name="Clear").click()
+        page.unroute("**/v1/predict")
+        page.route("**/v1/predict", lambda route: route.fulfill(status=200, content_type="application/json", body=(
+            '{"label": null, "confidence": 0, "probabilities": {}, "top_k": [], "rejected": true,'
+            ' "reason": "no digit found", "found": false, "prepared": null}')))
+        draw(page, [[(140, 140), (142, 141)]])
+        page.wait_for_function("document.body.dataset.state === 'idle'", timeout=ANSWER_TIMEOUT_MS)
+        not_found = page.locator("#label").inner_text()
+
     assert uploaded["label"] == truth, uploaded
     assert uploaded["prepared"]["n"] >= 15, uploaded
     assert {"clear", "upload", "mode"} <= set(focused), focused
@@ -220,5 +230,6 @@ def test_upload_digit_strings_keyboard_and_api_errors(server: str, mnist_dataset
     assert pressed == "true" and wide > 2 * 280
     assert line["label"] == "17" and digits == 2, line
     assert status.startswith("Error: 422") and "not valid base64" in status and "error" in (status_class or "")
+    assert not_found == EMPTY
     assert seen.errors == []
     assert (tmp_path / "string.png").exists()
