@@ -1,0 +1,218 @@
+"""Load on the REST service: requests/s, p50 and p99 latency, errors, memory; then a fuzz of malformed requests.
+
+Usage::
+
+    DIGITLAB_DATA_DIR=../shared/data .venv/bin/python benchmarks/bench_serve.py [RUN] [--seconds 60]
+        [--workers 1 2] [--concurrency 16] [--fuzz 10000]
+
+For each worker count, ``digitlab serve RUN --workers W`` is started as its own process on 127.0.0.1
+(a free port), and this process (the load generator: an asyncio httpx client with ``--concurrency``
+requests in flight) sends single-image ``POST /v1/predict`` requests for ``--seconds``: a 28x28
+MNIST test digit drawn dark on white as PNG (prepared by the service, as a drawing page or an
+upload would be). Reported: requests/s, p50 / p99 latency, non-200 answers and connection errors,
+and the server's resident memory (all its processes) at the start, every few seconds, and at the
+end. Then ``--fuzz`` malformed requests (random bytes, truncated PNGs, wrong content types, bad
+JSON, wrong-shaped or NaN arrays, oversized bodies) against the same server, counting any 5xx.
+Both loops are bounded in count and time. Results: benchmarks/results/serve.json.
+"""
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from digitlab.data.loading import load_dataset
+from machine_info import machine
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (uvicorn's workers), from /proc."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+            todo += [int(c) for c in children]
+        except OSError:
+            continue
+    return total / 1024
+
+
+def _png(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+async def _load(url: str, bodies: list[bytes], seconds: float, concurrency: int, pid: int) -> dict[str, object]:
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    errors = 0
+    memory = [(0.0, _rss_mb(pid))]
+    start = time.perf_counter()
+    deadline = start + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10.0) as client:
+
+        async def one(k: int) -> None:
+            nonlocal errors
+            i = k
+            while time.perf_counter() < deadline:
+                body = bodies[i % len(bodies)]
+                i += concurrency
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post("/v1/predict", files={"file": ("digit.png", body, "image/png")})
+                    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                except httpx.HTTPError:
+                    errors += 1
+                    continue
+                latencies.append((time.perf_counter() - t0) * 1e3)
+
+        async def watch() -> None:
+            while time.perf_counter() < deadline:
+                await asyncio.sleep(5)
+                memory.append((time.perf_counter() - start, _rss_mb(pid)))
+
+        await asyncio.gather(watch(), *(one(k) for k in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    memory.append((elapsed, _rss_mb(pid)))
+    ok = statuses.get(200, 0)
+    return {"seconds": elapsed, "requests": len(latencies), "requests_per_s": len(latencies) / elapsed,
+            "p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
+            "p99_ms": float(np.percentile(latencies, 99)) if latencies else None,
+            "statuses": {str(k): v for k, v in sorted(statuses.items())}, "non_200": len(latencies) - ok,
+            "connection_errors": errors, "rss_mb": [[round(t, 1), round(m, 1)] for t, m in memory]}
+
+
+def _malformed(rng: np.random.Generator, good: bytes) -> tuple[str, dict[str, object]]:
+    kind = int(rng.integers(8))
+    if kind == 0:
+        return "random bytes", {"content": rng.bytes(int(rng.integers(0, 4096))),
+                                "headers": {"content-type": "image/png"}}
+    if kind == 1:
+        return "truncated png", {"files": {"file": ("x.png", good[: int(rng.integers(1, len(good)))], "image/png")}}
+    if kind == 2:
+        return "wrong content type", {"content": good, "headers": {"content-type": "text/plain"}}
+    if kind == 3:
+        return "bad json", {"content": b'{"image": ' + rng.bytes(20), "headers": {"content-type": "application/json"}}
+    if kind == 4:
+        shape = (int(rng.integers(1, 40)), int(rng.integers(1, 40)))
+        return "wrong-shape pixels", {"json": {"pixels": rng.integers(0, 256, shape).tolist()}}
+    if kind == 5:
+        return "nan pixels", {"content": json.dumps({"pixels": [[float("nan")] * 28] * 28}).encode(),
+                              "headers": {"content-type": "application/json"}}
+    if kind == 6:
+        return "bad base64", {"json": {"image": base64.b64encode(rng.bytes(64)).decode()[:-3] + "!"}}
+    return "oversized", {"content": b"0" * (11 * 1024 * 1024), "headers": {"content-type": "image/png"}}
+
+
+async def _fuzz(url: str, n: int, good: bytes, seconds: float) -> dict[str, object]:
+    rng = np.random.default_rng(0)
+    statuses: dict[int, int] = {}
+    five: dict[str, int] = {}
+    errors = 0
+    deadline = time.perf_counter() + seconds
+    sent = 0
+    async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
+        sem = asyncio.Semaphore(8)
+
+        async def one() -> None:
+            nonlocal errors, sent
+            kind, kw = _malformed(rng, good)
+            async with sem:
+                if time.perf_counter() > deadline:
+                    return
+                try:
+                    r = await client.post("/v1/predict", **kw)
+                except httpx.HTTPError:
+                    errors += 1
+                    return
+                sent += 1
+                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                if r.status_code >= 500:
+                    five[kind] = five.get(kind, 0) + 1
+
+        for start in range(0, n, 500):
+            await asyncio.gather(*(one() for _ in range(min(500, n - start))))
+    return {"sent": sent, "statuses": {str(k): v for k, v in sorted(statuses.items())}, "server_errors": five,
+            "connection_errors": errors}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", nargs="?", default="runs/bench/default-seed0")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--workers", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--fuzz", type=int, default=10000)
+    parser.add_argument("--out", default="benchmarks/results/serve.json")
+    args = parser.parse_args()
+    ds = load_dataset("mnist")
+    bodies = [_png(255 - im) for im in ds.test_images[:500]]
+    result: dict[str, object] = {"run": args.run, "machine": machine(), "command": " ".join(sys.argv),
+                                 "concurrency": args.concurrency, "load": {}}
+    exe = str(Path(sys.executable).with_name("digitlab"))
+    for workers in args.workers:
+        port = _free_port()
+        server = subprocess.Popen([exe, "serve", args.run, "--host", "127.0.0.1", "--port", str(port),
+                                   "--workers", str(workers)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  env={**os.environ}, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(600):  # at most 60 s to load the model
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if server.poll() is not None:
+                    sys.exit(f"the server exited: {server.stderr.read().decode()[-500:]}")
+                time.sleep(0.1)
+            else:
+                sys.exit("the server did not become ready in 60 s")
+            asyncio.run(_load(url, bodies[:20], 3, args.concurrency, server.pid))  # warm-up
+            row = asyncio.run(_load(url, bodies, args.seconds, args.concurrency, server.pid))
+            if workers == args.workers[0] and args.fuzz:
+                row["fuzz"] = asyncio.run(_fuzz(url, args.fuzz, bodies[0], seconds=600))
+                row["ready_after_fuzz"] = httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+            result["load"][str(workers)] = row  # type: ignore[index]
+            print(f"{workers} worker(s): {row['requests_per_s']:,.0f} requests/s, p50 {row['p50_ms']:.1f} ms, "
+                  f"p99 {row['p99_ms']:.1f} ms, non-200 {row['non_200']}, connection errors "
+                  f"{row['connection_errors']}, RSS {row['rss_mb'][0][1]:.0f} -> {row['rss_mb'][-1][1]:.0f} MB"
+                  + (f"; fuzz: {row['fuzz']['sent']} sent, 5xx {sum(row['fuzz']['server_errors'].values())}"
+                     if "fuzz" in row else ""), flush=True)
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
