@@ -349,15 +349,16 @@ def content_kind(request: Request) -> str:
 
 # ----------------------------------------------------------------------------------------- the app
 
-def get_predictor(request: Request) -> Predictor:
-    """The model loaded in the lifespan (tests may override this dependency)."""
+async def get_predictor(request: Request) -> Predictor:
+    """The model loaded in the lifespan (tests may override this dependency). Async, as is ``get_settings``:
+    FastAPI runs a plain function dependency in the thread pool, a hop per request for a lookup."""
     predictor = getattr(request.app.state, "predictor", None)
     if predictor is None:
         raise ClientError(503, "the model is not loaded")
     return predictor
 
 
-def get_settings(request: Request) -> ServeSettings:
+async def get_settings(request: Request) -> ServeSettings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
@@ -420,7 +421,7 @@ def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | 
     @app.get("/readyz", tags=["health"], responses={503: {"model": ErrorResponse}})
     async def readyz(request: Request) -> dict[str, str]:
         """The model is loaded and requests can be served."""
-        p = get_predictor(request)
+        p = await get_predictor(request)
         return {"status": "ready", "model": p.name}
 
     @app.get("/metrics", tags=["health"], response_class=Response)
