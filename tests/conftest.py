@@ -1,6 +1,7 @@
 """Shared fixtures: hermetic settings and tiny synthetic datasets written by digitlab's own writer."""
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +116,22 @@ def mnist_dataset():
     from digitlab.data.loading import load_dataset
 
     return load_dataset("mnist", download=False)
+
+
+def chromium_path() -> str:
+    """Debian's chromium for the browser tests: a failure under CI=true when missing, a skip elsewhere."""
+    path = shutil.which("chromium")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium not found: `make test` installs Debian's chromium package")
+        pytest.skip("chromium not installed (make test installs it)")
+    return path
+
+
+def assert_one_line_error(result, needle: str) -> None:
+    """Exit 2, and the whole output is one ``digitlab: error:`` line naming the problem, no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("digitlab: error: ") and needle in lines[0], lines[0]
+    assert "Traceback" not in result.output and not result.stdout

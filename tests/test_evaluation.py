@@ -29,6 +29,7 @@ from sklearn.metrics import (
 )
 from typer.testing import CliRunner
 
+from conftest import assert_one_line_error
 from digitlab.cli import app
 from digitlab.core.config import ConfigError, dump_config
 from digitlab.data.splits import split_train_val
@@ -72,15 +73,6 @@ def assert_png(path: Path) -> None:
     assert path.read_bytes()[:8] == PNG_SIGNATURE, path
     with Image.open(path) as image:
         image.verify()
-
-
-def assert_one_line_error(result, needle: str) -> None:
-    """Exit 2, and the whole output is one ``digitlab: error:`` line naming the problem, no traceback."""
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("digitlab: error: ") and needle in lines[0], lines[0]
-    assert "Traceback" not in result.output and not result.stdout
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import torch
 from huggingface_hub import ModelCard
 from typer.testing import CliRunner
 
+from conftest import assert_one_line_error
 from digitlab import __version__
 from digitlab.cli import app
 from digitlab.data.errors import DataError
@@ -61,15 +62,6 @@ CARD_SECTIONS = ("## Model description", "## Evaluation", "## Intended use", "##
                  "## Limitations", "## Usage")
 
 runner = CliRunner()
-
-
-def assert_one_line_error(result, needle: str) -> None:
-    """Exit 2, and the whole output is one ``digitlab: error:`` line naming the problem, no traceback."""
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("digitlab: error: ") and needle in lines[0], lines[0]
-    assert "Traceback" not in result.output and not result.stdout
 
 
 def session(path: Path) -> ort.InferenceSession:

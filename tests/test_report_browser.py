@@ -1,11 +1,10 @@
 """The HTML report in headless Chromium: it renders offline, every image loads, nothing is fetched."""
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
+from conftest import chromium_path
 from digitlab.evaluation.evaluate import evaluate_run
 from digitlab.evaluation.report import write_report
 from digitlab.training import config_from_recipe, train_run
@@ -13,15 +12,6 @@ from digitlab.training import config_from_recipe, train_run
 pytestmark = pytest.mark.mnist
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 TINY = ["data.train_subset=400", "data.n_val=200", "train.batch_size=50", "train.eval_batch_size=500"]
-
-
-def _chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium not found: `make test` installs Debian's chromium package")
-        pytest.skip("chromium not installed (make test installs it)")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +26,7 @@ def report_html(tmp_path_factory: pytest.TempPathFactory, mnist_dataset) -> Path
 def test_report_renders_offline_in_chromium(report_html: Path, tmp_path: Path) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             fetched: list[str] = []

@@ -2,8 +2,6 @@
 says "draw a digit" and asks nothing, mouse strokes drawn as a 1 and a 7 are read as such, the 28x28
 view shows what the model read, Clear starts over, and nothing is fetched from outside the app."""
 
-import os
-import shutil
 import socket
 import threading
 import time
@@ -15,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
+from conftest import chromium_path
 from digitlab.training import config_from_recipe, train_run
 
 pytestmark = pytest.mark.mnist
@@ -47,15 +46,6 @@ READ_PREPARED = """() => {
 # The page marks itself idle when no request is in flight or waiting.
 SETTLED = f"""() => document.body.dataset.state === "idle"
   && document.getElementById("label").textContent !== "{EMPTY}" """
-
-
-def _chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium not found: `make test` installs Debian's chromium package")
-        pytest.skip("chromium not installed (make test installs it)")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +83,7 @@ def open_page(server: str) -> Iterator[SimpleNamespace]:
     """The page in headless Chromium, with every URL it fetched and every script error it raised."""
     playwright = pytest.importorskip("playwright.sync_api")
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 800})
             seen = SimpleNamespace(page=page, fetched=[], errors=[])

@@ -125,6 +125,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def read_run_config(path: str | Path) -> RunConfig:
+    """The resolved config a run directory's ``config.yaml`` holds.
+
+    Raises:
+        ConfigError: a missing or unreadable file, or not a digitlab config; one line.
+    """
+    try:
+        return RunConfig.model_validate(load_yaml(path))
+    except ValidationError as e:
+        raise ConfigError(f"{path}: not a digitlab config: {str(e).splitlines()[0]}") from None
+
+
 def apply_override(data: dict[str, Any], expr: str) -> None:
     """Apply one ``dotted.key=value`` (value parsed as YAML) to ``data`` in place; a number after a
     list picks an element (``model.args.blocks.0.filters=64``).

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from digitlab.core.config import ConfigError, RunConfig, load_yaml
+from digitlab.core.config import ConfigError, RunConfig, read_run_config
 from digitlab.core.errors import DigitlabError
 from digitlab.core.rundir import RunDir, RunDirError
 from digitlab.data.loading import Dataset, load_dataset
@@ -49,11 +49,9 @@ class EvaluationError(DigitlabError):
 def run_config(run: RunDir) -> RunConfig:
     """The resolved config the run was trained with."""
     try:
-        return RunConfig.model_validate(load_yaml(run.file(RunDir.CONFIG)))
+        return read_run_config(run.file(RunDir.CONFIG))
     except ConfigError as e:
         raise EvaluationError(str(e)) from None
-    except ValueError as e:  # pydantic's ValidationError
-        raise EvaluationError(f"{run.file(RunDir.CONFIG)}: not a digitlab config: {str(e).splitlines()[0]}") from None
 
 
 def read_metrics_rows(run: RunDir) -> list[dict[str, Any]]:

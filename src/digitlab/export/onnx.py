@@ -41,7 +41,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from digitlab import __version__
-from digitlab.core.config import ConfigError, RunConfig, load_yaml
+from digitlab.core.config import ConfigError, RunConfig, read_run_config
 from digitlab.core.fileio import atomic_path, atomic_write_text
 from digitlab.core.rundir import RunDir
 from digitlab.data.errors import DataError
@@ -413,7 +413,7 @@ def _check_batch_axis(proto: onnx.ModelProto) -> None:
 
 def _normalized(predictor: Predictor, images: np.ndarray) -> np.ndarray:
     """Raw uint8 images -> the model's float32 ``(N, 1, H, W)`` input, by the run's spec."""
-    return predictor.spec.normalize(torch.as_tensor(images)).numpy()
+    return predictor.spec.normalize_array(images)
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:
@@ -422,11 +422,9 @@ def _default_opset(proto: onnx.ModelProto) -> int:
 
 def _run_config(run: RunDir) -> RunConfig:
     try:
-        return RunConfig.model_validate(load_yaml(run.file(RunDir.CONFIG)))
+        return read_run_config(run.file(RunDir.CONFIG))
     except ConfigError as e:
         raise ExportError(str(e)) from None
-    except ValueError as e:  # pydantic's ValidationError
-        raise ExportError(f"{run.file(RunDir.CONFIG)}: not a digitlab config: {_first_line(e)}") from None
 
 
 def _dataset_name(predictor: Predictor, cfg: RunConfig) -> str:

@@ -366,6 +366,17 @@ PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
 
 
+async def query_options(top_k: Annotated[int | None, Query(ge=1, le=100)] = None,
+                        min_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
+                        return_prepared: Annotated[Prepare, Query()] = "none",
+                        polarity: Annotated[Polarity, Query()] = "auto") -> Options:
+    """The prediction options of the query string (one place for ``/v1/predict`` and its batch)."""
+    return Options(top_k=top_k, min_confidence=min_confidence, return_prepared=return_prepared, polarity=polarity)
+
+
+QueryOptions = Annotated[Options, Depends(query_options)]
+
+
 async def run_limited(settings: ServeSettings, fn: Callable[[], T]) -> T:
     """``fn`` in the thread pool, answered 504 after ``settings.timeout_s`` (the thread finishes on its own)."""
     try:
@@ -450,16 +461,10 @@ def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | 
     @app.post(f"{API}/predict", tags=["predict"], response_model=Prediction, responses=ERRORS,
               openapi_extra=body_doc)
     async def predict(
-        request: Request, p: PredictorDep, s: SettingsDep,
-        top_k: Annotated[int | None, Query(ge=1, le=100)] = None,
-        min_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
-        return_prepared: Annotated[Prepare, Query()] = "none",
-        polarity: Annotated[Polarity, Query()] = "auto",
+        request: Request, p: PredictorDep, s: SettingsDep, opts: QueryOptions,
     ) -> dict[str, Any]:
         """One digit: a multipart ``file``, JSON ``{"image": base64}``, JSON ``{"pixels": [[...]]}`` (model-ready,
         no preparation) or a raw image body. JSON options override the query string's."""
-        opts = Options(top_k=top_k, min_confidence=min_confidence, return_prepared=return_prepared,
-                       polarity=polarity)
         kind = content_kind(request)
         data: bytes | None = None
         pixels: np.ndarray | None = None
@@ -498,15 +503,9 @@ def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | 
     @app.post(f"{API}/predict/batch", tags=["predict"], response_model=BatchResponse, responses=ERRORS,
               openapi_extra=batch_doc)
     async def predict_batch(
-        request: Request, p: PredictorDep, s: SettingsDep,
-        top_k: Annotated[int | None, Query(ge=1, le=100)] = None,
-        min_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
-        return_prepared: Annotated[Prepare, Query()] = "none",
-        polarity: Annotated[Polarity, Query()] = "auto",
+        request: Request, p: PredictorDep, s: SettingsDep, opts: QueryOptions,
     ) -> dict[str, Any]:
         """Up to ``max_batch`` images in one call: multipart ``files`` (repeated) or JSON ``{"images": [...]}``."""
-        opts = Options(top_k=top_k, min_confidence=min_confidence, return_prepared=return_prepared,
-                       polarity=polarity)
         kind = content_kind(request)
         if kind == "multipart":
             files = await form_files(request, "files", s.max_batch)
