@@ -308,7 +308,7 @@ def crop_digit(ink: Ink) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
                     and sl[1].stop <= x1 + mx:
                 big[i] = True
     keep = ink.mask if big.all() else np.isin(labels, np.flatnonzero(big) + 1)
-    grow = max(1, round(_edge_width(keep) / 2))  # the anti-aliased edge kept around strokes
+    grow = max(1, round(edge_width(keep) / 2))  # the anti-aliased edge kept around strokes
     x = ink.ink.copy() if not big.all() else ink.ink
     h, w = x.shape
     for i, sl in enumerate(slices):
@@ -341,7 +341,7 @@ def _scattered(mask: np.ndarray, areas: np.ndarray, big: np.ndarray) -> bool:
                           (len(areas) >= SCATTER_PIECES and areas[big].sum() < 0.9 * areas.sum())))
 
 
-def _edge_width(mask: np.ndarray) -> float:
+def edge_width(mask: np.ndarray) -> float:
     """Stroke width estimated as twice the area over the boundary length (cheap; for large masks)."""
     boundary = int((mask & ~ndi.binary_erosion(mask)).sum())
     return 2 * int(mask.sum()) / max(boundary, 1)

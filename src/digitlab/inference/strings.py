@@ -47,7 +47,16 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from digitlab.data.preprocess import PreprocessSpec
-from digitlab.inference.prepare import ImageError, Ink, Polarity, fit_digit, ink_map, load_gray, reduce_large
+from digitlab.inference.prepare import (
+    ImageError,
+    Ink,
+    Polarity,
+    edge_width,
+    fit_digit,
+    ink_map,
+    load_gray,
+    reduce_large,
+)
 
 WORK_HEIGHT = 48  # a large image is reduced until its line of digits is about this high (px)
 MAX_WORK_SIDE = 4096  # ...but never wider than this
@@ -196,12 +205,6 @@ def _own_ink(ink: np.ndarray, labels: np.ndarray, members: list[int], box: np.nd
     owner = lab[iy, ix]
     own = np.isin(owner, np.asarray(members) + 1) & (dist <= reach)
     return np.where(own, ink[y0:y1, x0:x1], 0).astype(np.float32), (y0, x0)
-
-
-def _stroke_width(mask: np.ndarray) -> float:
-    """Twice the ink area over its boundary length: about the stroke width, cheaply."""
-    boundary = int((mask & ~ndi.binary_erosion(mask)).sum())
-    return 2 * int(mask.sum()) / max(boundary, 1)
 
 
 def _cut_path(patch: np.ndarray, centre: float, radius: int, slack: float) -> list[np.ndarray]:
@@ -581,7 +584,7 @@ def read_digits(source: str | os.PathLike[str] | bytes | Image.Image | np.ndarra
     if len(members) > max_digits:
         members = members[:max_digits]
         notes.append(f"truncated at {max_digits} pieces")
-    stroke = _stroke_width(mask)
+    stroke = edge_width(mask)
     grow = max(1, round(stroke / 2))
     groups = []
     for m in members:
