@@ -214,12 +214,33 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, only one log line per epoch.")]
     = False,
     list_all: Annotated[bool, typer.Option("--list-recipes", help="List the shipped recipes and exit.")] = False,
+    nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="Train data-parallel in N processes on this "
+                                              "machine (torchrun's launcher; one per GPU on CUDA).")] = None,
 ) -> None:
-    """Train a recipe into a new run directory; print its best validation and its test accuracy."""
+    """Train a recipe into a new run directory; print its best validation and its test accuracy.
+
+    Also runs unchanged under torchrun (torchrun --nproc-per-node N -m digitlab train ...).
+    """
     from digitlab.training import config_from_recipe, list_recipes, resume_run, train_run
+    from digitlab.training.distributed import is_main_process, launch_local
 
     if list_all:
         _print_named(list_recipes(), "recipes (digitlab train --recipe NAME)")
+        return
+    if nproc is not None:  # run this same command as N ranks, once the config is known to be good
+        from digitlab.core.rundir import RunDir
+        from digitlab.models.registry import make_config
+
+        if resume is not None:
+            RunDir.open(resume)
+        else:
+            cfg = config_from_recipe(recipe, list(overrides or []) + ([f"seed={seed}"] if seed is not None else []))
+            make_config(cfg.model.name, **cfg.model.args)
+        args = ["train", "--recipe", recipe, "--out", str(out_root)]
+        args += [a for s in overrides or [] for a in ("--set", s)]
+        args += (["--resume", str(resume)] if resume is not None else []) + (["--seed", str(seed)] if seed is not None
+                                                                              else [])
+        launch_local(nproc, args + (["--quiet"] if quiet else []))
         return
     # One line per epoch always; the live bar only on a terminal (in a log file it is noise).
     show_bar = not quiet and sys.stderr.isatty()
@@ -231,12 +252,15 @@ def train(
         sets = list(overrides or []) + ([f"seed={seed}"] if seed is not None else [])
         cfg = config_from_recipe(recipe, sets)
         result = train_run(cfg, out_root=out_root, show_progress=show_bar, log=_log)
+    if not is_main_process():  # the other ranks of a data-parallel run say nothing
+        return
     out.print(f"run directory: {result.run_dir}")
     out.print(f"best validation accuracy: {result.best_val_acc:.4f} (epoch {result.best_epoch})")
     if result.test_acc is not None:
         out.print(f"test accuracy: {result.test_acc:.4f} ({result.test_errors} errors of {result.n_test}), "
                   f"measured once after training")
-    out.print(f"training time: {result.train_seconds:.1f} s on {result.device}, {result.n_params:,} parameters")
+    procs = f" x {result.world_size} processes" if result.world_size > 1 else ""
+    out.print(f"training time: {result.train_seconds:.1f} s on {result.device}{procs}, {result.n_params:,} parameters")
 
 
 @app.command("evaluate")

@@ -91,6 +91,8 @@ class TrainSection(_Strict):
     outlier_exposure: float = 0.0   # weight of the uniform-target loss on synthetic non-digits (0: off)
     outlier_fraction: float = 0.125  # non-digits added to each batch, as a share of the batch size
     outlier_bank: int = 8000        # how many distinct non-digits are drawn (cached)
+    sync_batchnorm: bool = False    # data-parallel runs on CUDA: batch-norm statistics over all ranks' shares
+    dist_timeout: float = Field(default=300.0, gt=0)  # seconds a rank waits for the others before the job fails
 
 
 class RunConfig(_Strict):

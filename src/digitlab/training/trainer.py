@@ -10,12 +10,19 @@ label smoothing, gradient clipping, an EMA of the weights, early stopping on val
 autocast where it pays. The weights kept are those of the best validation epoch; the test split
 is evaluated once, at the end, and chooses nothing. Classical models are fitted on the same
 training split and saved with skops.
+
+Under torchrun (``WORLD_SIZE`` > 1) the same loop runs data-parallel with DistributedDataParallel:
+every rank takes its share of each global batch of the single-process order, the loss is scaled so
+the all-reduced gradient is the global batch's mean, validation counts are summed over ranks, and
+rank 0 alone writes the run directory and shows progress. A checkpoint holds no rank-specific
+state, so a run written by N ranks resumes with M.
 """
 
 import math
 import os
 import platform
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -26,11 +33,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from digitlab import __version__
-from digitlab.core.config import RunConfig, dump_config, load_yaml, resolve_config
+from digitlab.core.config import ConfigError, RunConfig, dump_config, load_yaml, resolve_config
 from digitlab.core.errors import DigitlabError
 from digitlab.core.fileio import atomic_path
 from digitlab.core.rundir import RunDir, RunDirError
@@ -42,6 +50,7 @@ from digitlab.data.splits import split_train_val
 from digitlab.models.registry import count_parameters, create_model, get_entry, make_config
 from digitlab.models.runtime import autocast_dtype, predict_logits, resolve_device
 from digitlab.training.augment import build_augmenter
+from digitlab.training.distributed import Dist, DistributedError, env_dist, init_distributed, shutdown
 from digitlab.training.optim import build_optimizer, build_scheduler
 
 CHECKPOINT_FILE = "state.pt"
@@ -63,6 +72,7 @@ class TrainResult:
     train_seconds: float
     epochs_run: int
     device: str
+    world_size: int = 1  # processes that trained it (data-parallel ranks)
 
 
 class TrainingInterrupted(DigitlabError):
@@ -207,27 +217,55 @@ def train_run(
         DigitlabError: bad config, missing data, or an unusable run directory.
     """
     entry = get_entry(cfg.model.name)
+    d = env_dist()
+    if d.enabled and entry.kind == "classical":
+        raise DistributedError(f"{cfg.model.name} is a classical model: it trains in one process, not under "
+                               f"torchrun or --nproc")
     seed_everything(cfg.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    ds = load_dataset(cfg.data.dataset, cfg.data.data_dir)
-    split = prepare_split(cfg, ds)
-    spec = compute_preprocess_spec(split.train_images, dataset=ds.spec.name)
-    model = create_model(cfg.model.name, **_model_kwargs(cfg, ds))
-    if run is None:
-        tag = cfg.recipe if cfg.recipe != cfg.model.name else ""
-        run = RunDir.create(out_root, model=cfg.model.name, tag=tag)
-    if not resume:
-        run.write_text(RunDir.CONFIG, dump_config(cfg))
-    if entry.kind == "classical":
-        return _train_classical(cfg, run, ds, split, spec, model, log, evaluate_test)
+    device = d.device(resolve_device(cfg.train.device)) if entry.kind != "classical" else torch.device("cpu")
+    d = init_distributed(device, cfg.train.dist_timeout)
     try:
-        return _train_torch(cfg, run, ds, split, spec, model, resume=resume, show_progress=show_progress, log=log,
-                            callbacks=callbacks, evaluate_test=evaluate_test)
+        if not d.is_main:
+            log = None
+        ds = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+        split = prepare_split(cfg, ds)
+        spec = compute_preprocess_spec(split.train_images, dataset=ds.spec.name)
+        model = create_model(cfg.model.name, **_model_kwargs(cfg, ds))
+        if run is None:
+            tag = cfg.recipe if cfg.recipe != cfg.model.name else ""
+            run = RunDir.create(out_root, model=cfg.model.name, tag=tag) if d.is_main else None
+            run = RunDir(d.broadcast(str(run.path) if run is not None else None))
+        if log:
+            log(f"run directory: {run.path}" + (f" ({d.world_size} processes)" if d.enabled else ""))
+        if not resume and d.is_main:
+            run.write_text(RunDir.CONFIG, dump_config(cfg))
+        if entry.kind == "classical":
+            return _train_classical(cfg, run, ds, split, spec, model, log, evaluate_test)
+        return _train_torch(cfg, run, ds, split, spec, model, d, device, resume=resume,
+                            show_progress=show_progress and d.is_main, log=log, callbacks=callbacks,
+                            evaluate_test=evaluate_test)
     except KeyboardInterrupt:
+        if run is None:
+            raise
         done = len(run.read_metrics())
         raise TrainingInterrupted(f"interrupted after {done} finished epoch(s): continue with "
                                   f"digitlab train --resume {run.path}") from None
+    except RuntimeError as e:
+        if not (d.enabled and _lost_peer(e)):
+            raise
+        where = f"; the last finished epoch's checkpoint in {run.path} is intact: continue with digitlab train " \
+                f"--resume {run.path}" if run is not None else ""
+        why = re.sub(r"^\[[^\]]*\]\s*", "", str(e).splitlines()[0]).split(". ")[0][:160]  # no source path
+        raise DistributedError(f"rank {d.rank}: lost contact with the other ranks ({why}){where}") from None
+    finally:
+        shutdown()
+
+
+def _lost_peer(e: RuntimeError) -> bool:
+    """A collective that failed because another rank died or hung (gloo raises plain RuntimeErrors)."""
+    return isinstance(e, torch.distributed.DistError) or any(k in str(e) for k in ("gloo", "NCCL", "c10d"))
 
 
 def _finish(run: RunDir, result: TrainResult, device: torch.device) -> TrainResult:
@@ -264,20 +302,47 @@ def _outlier_bank(cfg: RunConfig, spec: PreprocessSpec, device: torch.device) ->
     return spec.normalize(torch.from_numpy(bank)).to(device)
 
 
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The random stream of one rank in one epoch (augmentation, dropout) of a data-parallel run:
+    distinct per rank, and independent of how many epochs ran before (resumable with any world)."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def _validate(model: nn.Module, split: Split, spec: PreprocessSpec, d: Dist, device: torch.device,
+              t: Any, amp: torch.dtype | None) -> tuple[float, float]:
+    """Validation accuracy and loss; each rank scores its share and the counts are summed."""
+    images, labels = split.val_images[d.rank::d.world_size], split.val_labels[d.rank::d.world_size]
+    logits = predict_logits(model, images, spec, device=device, batch_size=t.eval_batch_size, amp=amp,
+                            channels_last=t.channels_last)
+    _, loss, errors = _accuracy_and_loss(logits, labels)
+    errors, loss_sum, n = d.all_sum([errors, loss * len(labels) if len(labels) else 0.0, len(labels)], device)
+    if n == 0:
+        return float("nan"), float("nan")
+    return 1 - errors / n, loss_sum / n
+
+
 def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: PreprocessSpec, model: nn.Module,
-                 *, resume: bool, show_progress: bool, log: Callable[[str], None] | None,
-                 callbacks: Sequence[EpochCallback], evaluate_test: bool) -> TrainResult:
+                 d: Dist, device: torch.device, *, resume: bool, show_progress: bool,
+                 log: Callable[[str], None] | None, callbacks: Sequence[EpochCallback],
+                 evaluate_test: bool) -> TrainResult:
     t = cfg.train
-    device = resolve_device(t.device)
     amp = autocast_dtype(t.precision, device)
+    if t.sync_batchnorm and d.enabled:
+        if device.type != "cuda":
+            raise ConfigError("train.sync_batchnorm needs CUDA: torch's SyncBatchNorm runs on GPUs only (on CPU "
+                              "each rank normalises with its own share of the batch; drop the option)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if t.channels_last:
         model.to(memory_format=torch.channels_last)
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if d.enabled else model
     augmenter = build_augmenter(cfg.augment)
     if augmenter is not None:
         augmenter.to(device)
     loader = BatchLoader(split.train_images, split.train_labels, spec, batch_size=t.batch_size, shuffle=True,
-                         seed=cfg.seed, drop_last=False, device=device, augment=augmenter)
+                         seed=cfg.seed, drop_last=False, device=device, augment=augmenter, rank=d.rank,
+                         world_size=d.world_size)
     outliers = _outlier_bank(cfg, spec, device)
     n_out = max(1, round(t.batch_size * t.outlier_fraction)) if outliers is not None else 0
     opt = build_optimizer(cfg.optim, model.parameters())
@@ -299,15 +364,18 @@ def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: P
             torch.cuda.set_rng_state(state["rng_cuda"])
         start_epoch, best_acc, best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
         stale, elapsed, best_state = state["stale"], state["elapsed"], state["best_state"]
-        run.truncate_metrics(start_epoch)
+        if d.is_main:
+            run.truncate_metrics(start_epoch)
 
-    writer = _tensorboard(run)
+    writer = _tensorboard(run) if d.is_main else None
     eval_model = ema.module if ema is not None else model
     epochs_run = start_epoch
     for epoch in range(start_epoch, t.epochs):
         if t.early_stopping_patience is not None and stale >= t.early_stopping_patience:
             break
         loader.set_epoch(epoch)
+        if d.enabled:
+            torch.manual_seed(_epoch_seed(cfg.seed, epoch, d.rank))
         model.train()
         epoch_start = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
@@ -323,8 +391,12 @@ def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: P
                 x = torch.cat([x, outliers[pick].to(memory_format=torch.channels_last) if t.channels_last
                                else outliers[pick]])
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits = model(x)
-                loss = F.cross_entropy(logits[:len(y)].float(), y, label_smoothing=t.label_smoothing)
+                logits = net(x)
+                # The sum over this rank's share, scaled so that DDP's average over ranks is the mean
+                # over the global batch (exactly a single process's loss, even for an uneven split).
+                ce_sum = F.cross_entropy(logits[:len(y)].float(), y, label_smoothing=t.label_smoothing,
+                                         reduction="sum")
+                loss = ce_sum * (d.world_size / loader.global_batch_size(i))
                 if outliers is not None:
                     loss = loss - t.outlier_exposure * F.log_softmax(logits[len(y):].float(), dim=1).mean()
                     logits = logits[:len(y)]
@@ -336,7 +408,7 @@ def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: P
             sched.step()
             if ema is not None:
                 ema.update_parameters(model)
-            loss_sum += loss.detach() * len(y)
+            loss_sum += ce_sum.detach()
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
             bar.update(1)
@@ -345,11 +417,10 @@ def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: P
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.4f}",
                                 img_s=f"{rate:,.0f}")
         bar.close()
+        loss_total, correct_total, seen = d.all_sum([float(loss_sum), int(correct), seen], device)
         train_seconds = time.perf_counter() - epoch_start
         elapsed += train_seconds
-        val_logits = predict_logits(eval_model, split.val_images, spec, device=device, batch_size=t.eval_batch_size,
-                                    amp=amp, channels_last=t.channels_last)
-        val_acc, val_loss, _ = _accuracy_and_loss(val_logits, split.val_labels)
+        val_acc, val_loss = _validate(eval_model, split, spec, d, device, t, amp)
         epochs_run = epoch + 1
         if math.isnan(val_acc) or val_acc > best_acc:
             best_acc, best_epoch, stale = val_acc, epoch + 1, 0
@@ -358,8 +429,8 @@ def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: P
             stale += 1
         row = {
             "epoch": epoch + 1,
-            "train_loss": float(loss_sum) / max(seen, 1),
-            "train_acc": int(correct) / max(seen, 1),
+            "train_loss": loss_total / max(seen, 1),
+            "train_acc": correct_total / max(seen, 1),
             "val_loss": val_loss,
             "val_acc": val_acc,
             "lr": opt.param_groups[0]["lr"],
@@ -367,6 +438,8 @@ def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: P
             "images_per_s": seen / max(train_seconds, 1e-9),
             "elapsed_seconds": elapsed,
         }
+        if not d.is_main:  # the other ranks write nothing
+            continue
         run.append_metrics(row)
         if writer is not None:
             for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s"):
@@ -394,6 +467,9 @@ def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: P
     if writer is not None:
         writer.close()
 
+    if not d.is_main:
+        return TrainResult(str(run.path), cfg.model.name, n_params, best_acc, best_epoch, None, None, 0, elapsed,
+                           epochs_run, str(device), d.world_size)
     if best_state is not None:
         eval_model.load_state_dict(best_state)
     with atomic_path(run.file(RunDir.WEIGHTS)) as tmp:
@@ -406,7 +482,7 @@ def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: P
         test_acc, _, errors = _accuracy_and_loss(test_logits, split.test_labels)
         n_test = len(split.test_labels)
     result = TrainResult(str(run.path), cfg.model.name, n_params, best_acc, best_epoch, test_acc, errors, n_test,
-                         elapsed, epochs_run, str(device))
+                         elapsed, epochs_run, str(device), d.world_size)
     return _finish(run, result, device)
 
 
