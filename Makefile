@@ -14,7 +14,7 @@ ifneq ($(wildcard $(SHARED_DATA)),)
 export DIGITLAB_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: run test lint venv bench clean browser
+.PHONY: run test lint venv bench clean browser postgres
 
 # Reinstall whenever the dependencies change. torch is pinned by constraints.txt: an unpinned
 # torch would pull gigabytes of CUDA packages.
@@ -47,7 +47,14 @@ browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "chromium could not be installed: the browser test will skip (and fail under CI=true)"
 
-test: lint browser
+# The tuning-across-machines test starts its own PostgreSQL server (initdb + pg_ctl on 127.0.0.1, removed
+# afterwards) from Debian's postgresql package, whose binaries live in /usr/lib/postgresql/VERSION/bin.
+postgres:
+	@{ command -v initdb && command -v pg_ctl; } >/dev/null || ls /usr/lib/postgresql/*/bin/{initdb,pg_ctl} >/dev/null 2>&1 \
+	  || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql >/dev/null; } \
+	  || echo "postgresql could not be installed: the PostgreSQL tuning test will skip (and fail under CI=true)"
+
+test: lint browser postgres
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

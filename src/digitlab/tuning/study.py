@@ -9,15 +9,19 @@ Usage::
 Each trial trains with the training engine into a child run directory (``DIR/trials/``), reports
 validation accuracy after every epoch (the pruner may stop it there), and never reads the test
 split. The study lives in a SQLite file in the study directory unless ``storage`` names another
-database (any SQLAlchemy URL: PostgreSQL for workers on several machines). Workers on one storage
-share one study: each takes a trial only while fewer than ``trials`` are finished or running, under
-a lock file, so N trials are run once each. Ctrl-C lets the running trial finish and stops; the
-study resumes with ``resume=True``.
+database (any SQLAlchemy URL: ``postgresql+psycopg://`` for workers on several machines). Workers
+on one storage share one study: each counts the trials that are finished or running and starts one
+only while there are fewer than ``trials``, holding a lock from the count until its trial exists
+(RUNNING), so N trials are run once each. The lock is a file in the study folder for SQLite (one
+machine) and a PostgreSQL advisory lock named after the study for PostgreSQL (any number of
+machines); other databases get the file lock only, which holds on one machine. Ctrl-C lets the
+running trial finish and stops; the study resumes with ``resume=True``.
 """
 
 import contextlib
 import csv
 import fcntl
+import hashlib
 import io
 import json
 import math
@@ -97,25 +101,95 @@ def _pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     raise TuningError(f"unknown pruner {name!r}; choose from {', '.join(PRUNERS)}")
 
 
+Release = Callable[[], None]
+"""Lets the lock go before the end of its ``with`` block (once the trial exists); calling it twice is harmless."""
+
+
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[io.TextIOWrapper]:
-    """An exclusive lock between processes on this machine, held for the ``with`` block."""
+def _file_lock(path: Path) -> Iterator[Release]:
+    """An exclusive lock between processes on this machine, held for the ``with`` block or until released."""
     path.touch(exist_ok=True)
     with open(path) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        yield lock
+        yield lambda: fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _storage(url: str, attempts: int = 3) -> optuna.storages.BaseStorage:
+@contextlib.contextmanager
+def _advisory_lock(engine: sqlalchemy.Engine, name: str, url: str) -> Iterator[Release]:
+    """A PostgreSQL session-level advisory lock named ``name``: exclusive between processes on any machine.
+
+    It lives on its own connection, so the database lets it go as soon as that connection closes: a
+    worker killed while holding it blocks nobody, and TCP keepalives on the server's side notice a
+    machine that vanished within about a minute.
+    """
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)  # a bigint, stable
+    try:
+        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        raise _storage_error(url, e) from None
+    try:
+        for setting, value in (("tcp_keepalives_idle", 30), ("tcp_keepalives_interval", 10),
+                               ("tcp_keepalives_count", 3)):
+            conn.execute(sqlalchemy.text(f"SET {setting} = {value}"))
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+    except BaseException:
+        conn.close()
+        raise
+
+    def release() -> None:
+        if conn.closed:
+            return
+        try:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+        finally:
+            conn.close()  # closing alone would also release it
+
+    try:
+        yield release
+    finally:
+        with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
+            release()
+
+
+def _shown(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+
+
+def _storage_error(url: str, error: BaseException) -> TuningError:
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if isinstance(error, ModuleNotFoundError):
+        line += " (install the database driver; for PostgreSQL use a postgresql+psycopg:// URL)"
+    elif isinstance(error, sqlalchemy.exc.OperationalError):
+        line += " (is the database server running, and are the URL's host, port, user and database right?)"
+    return TuningError(f"storage {_shown(url)}: {line}")
+
+
+def _backend(url: str) -> str:
+    """``sqlite``, ``postgresql``, ``mysql``, ... for a SQLAlchemy URL; a bad URL is a one-line error."""
+    try:
+        return sqlalchemy.engine.make_url(url).get_backend_name()
+    except sqlalchemy.exc.ArgumentError as e:
+        raise _storage_error(url, e) from None
+
+
+def _storage(url: str, attempts: int = 3) -> optuna.storages.RDBStorage:
     """Open (creating its tables if new) the study database.
 
     Workers starting together on a new database race to create its schema; the loser's insert
     fails on a unique constraint although the schema is then complete, so a failed attempt is
-    retried before it is reported (workers on one machine also take a file lock around this).
+    retried before it is reported (the callers also hold the setup lock around this).
     """
     kwargs: dict[str, Any] = {"heartbeat_interval": 30, "grace_period": 120}  # a killed worker's trial fails
-    if url.startswith("sqlite"):
+    backend = _backend(url)
+    if backend == "sqlite":
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}  # workers wait for the file lock
+    elif backend == "postgresql":
+        kwargs["engine_kwargs"] = {"pool_pre_ping": True, **_pg_engine_kwargs(url)}
+    error: BaseException | None = None
     for attempt in range(attempts):
         try:
             with warnings.catch_warnings():
@@ -126,7 +200,38 @@ def _storage(url: str, attempts: int = 3) -> optuna.storages.BaseStorage:
             if not isinstance(e, sqlalchemy.exc.IntegrityError) or attempt == attempts - 1:
                 break
             time.sleep(0.5 * (attempt + 1))
-    raise TuningError(f"storage {url}: {str(error).splitlines()[0]}") from None
+    raise _storage_error(url, error) from None
+
+
+def _pg_engine_kwargs(url: str) -> dict[str, Any]:
+    """Give up on an unreachable server after 10 s (libpq waits for ever) unless the URL says otherwise."""
+    try:
+        query = sqlalchemy.engine.make_url(url).query
+    except sqlalchemy.exc.ArgumentError:
+        return {}
+    return {} if "connect_timeout" in query else {"connect_args": {"connect_timeout": 10}}
+
+
+@contextlib.contextmanager
+def _study_lock(url: str, folder: Path, name: str, what: str) -> Iterator[Release]:
+    """The lock that makes one step (``setup`` or ``ask``) exclusive between the study's workers.
+
+    PostgreSQL: an advisory lock named after the study, which holds across machines. Other
+    databases: a lock file in the study folder, which holds between the processes of one machine.
+    """
+    if _backend(url) != "postgresql":
+        with _file_lock(folder / f".{what}.lock") as release:
+            yield release
+        return
+    try:
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, **_pg_engine_kwargs(url))
+    except Exception as e:  # bad URL, driver missing
+        raise _storage_error(url, e) from None
+    try:
+        with _advisory_lock(engine, f"digitlab tune {what} {name}", url) as release:
+            yield release
+    finally:
+        engine.dispose()
 
 
 @contextlib.contextmanager
@@ -193,11 +298,11 @@ def tune(opts: TuneOptions, log: Callable[[str], None] | None = None) -> dict[st
     url = opts.storage or f"sqlite:///{(folder / STUDY_DB).resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     made_for = {"recipe": recipe, "space": space.name, "overrides": list(opts.overrides)}
-    with _file_lock(folder / ".setup.lock"):  # workers starting together create the database once
+    with _study_lock(url, folder, name, "setup"):  # workers starting together create the database once
         storage = _storage(url)
         exists = name in optuna.study.get_all_study_names(storage)
         if opts.resume and not exists:
-            raise TuningError(f"no study {name!r} in {url} to resume")
+            raise TuningError(f"no study {name!r} in {_shown(url)} to resume")
         study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
                                     sampler=_sampler(opts.sampler, space, opts.seed),
                                     pruner=_pruner(opts.pruner, max_epochs))
@@ -214,7 +319,7 @@ def tune(opts: TuneOptions, log: Callable[[str], None] | None = None) -> dict[st
     helpers = [_spawn_worker(opts, name, url) for _ in range(opts.n_jobs - 1)] if not opts.worker else []
     stop = {"stop": False}
     with _stop_after_trial(stop, say):
-        _work(study, space, recipe, opts, folder, stop, say)
+        _work(study, space, recipe, opts, folder, url, stop, say)
     for proc in helpers:
         if proc.wait() != 0:
             say(f"a worker exited with code {proc.returncode}")
@@ -242,7 +347,7 @@ def _count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=_COUNTED))
 
 
-def _work(study: optuna.Study, space: SearchSpace, recipe: str, opts: TuneOptions, folder: Path,
+def _work(study: optuna.Study, space: SearchSpace, recipe: str, opts: TuneOptions, folder: Path, url: str,
           stop: dict[str, bool], say: Callable[[str], None]) -> None:
     """Take trials until the study has ``opts.trials`` finished or running, the timeout, or Ctrl-C."""
     trials_dir = folder / "trials"
@@ -252,12 +357,15 @@ def _work(study: optuna.Study, space: SearchSpace, recipe: str, opts: TuneOption
         if opts.timeout is not None and time.monotonic() - start > opts.timeout:
             say(f"timeout of {opts.timeout:g} s reached")
             break
-        with _file_lock(folder / ".ask.lock") as lock:  # counting and taking a trial: one step across workers
+        with _study_lock(url, folder, study.study_name, "ask") as release:  # count and take a trial: one step
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)  # a dead worker's trial is no longer counted as running
             if _count(study) >= opts.trials:
                 break
 
-            def objective(trial: optuna.Trial, lock: io.TextIOWrapper = lock) -> float:
-                fcntl.flock(lock, fcntl.LOCK_UN)  # the trial exists (RUNNING): other workers may go on
+            def objective(trial: optuna.Trial, release: Release = release) -> float:
+                release()  # the trial exists (RUNNING) and is counted: other workers may go on
                 return _objective(trial, space, recipe, opts.overrides, trials_dir, say)
 
             study.optimize(objective, n_trials=1, catch=(FloatingPointError,))
