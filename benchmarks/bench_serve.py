@@ -3,13 +3,15 @@
 Usage::
 
     DIGITLAB_DATA_DIR=../shared/data .venv/bin/python benchmarks/bench_serve.py [RUN] [--seconds 60]
-        [--workers 1 2] [--concurrency 16] [--fuzz 10000]
+        [--workers 1 2] [--concurrency 16] [--client wrk|httpx] [--fuzz 10000]
 
 For each worker count, ``digitlab serve RUN --workers W`` is started as its own process on 127.0.0.1
-(a free port), and this process (the load generator: an asyncio httpx client with ``--concurrency``
-requests in flight) sends single-image ``POST /v1/predict`` requests for ``--seconds``: a 28x28
-MNIST test digit drawn dark on white as PNG (prepared by the service, as a drawing page or an
-upload would be). Reported: requests/s, p50 / p99 latency, non-200 answers and connection errors,
+(a free port), and a load generator in another process sends single-image ``POST /v1/predict``
+requests with ``--concurrency`` in flight for ``--seconds``: a multipart upload of a 28x28 MNIST test
+digit drawn dark on white as PNG (prepared by the service, as a drawing page or an upload would be).
+The generator is Debian's ``wrk`` (C, one thread: it leaves the 2 cores to the server; ``apt install
+wrk``) when present, else this script's asyncio httpx client, which itself needs about a core.
+Reported: requests/s, p50 / p99 latency, non-200 answers and connection errors,
 and the server's resident memory (all its processes) at the start, every few seconds, and at the
 end. Then ``--fuzz`` malformed requests (random bytes, truncated PNGs, wrong content types, bad
 JSON, wrong-shaped or NaN arrays, oversized bodies) against the same server, counting any 5xx.
@@ -22,10 +24,12 @@ import base64
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -100,11 +104,66 @@ async def _load(url: str, bodies: list[bytes], seconds: float, concurrency: int,
     elapsed = time.perf_counter() - start
     memory.append((elapsed, _rss_mb(pid)))
     ok = statuses.get(200, 0)
-    return {"seconds": elapsed, "requests": len(latencies), "requests_per_s": len(latencies) / elapsed,
+    return {"client": "httpx", "seconds": elapsed, "requests": len(latencies),
+            "requests_per_s": len(latencies) / elapsed,
             "p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
             "p99_ms": float(np.percentile(latencies, 99)) if latencies else None,
             "statuses": {str(k): v for k, v in sorted(statuses.items())}, "non_200": len(latencies) - ok,
             "connection_errors": errors, "rss_mb": [[round(t, 1), round(m, 1)] for t, m in memory]}
+
+
+WRK_SCRIPT = r"""
+local bodies, n, i = {}, 0, 0
+for path in io.lines("%(list)s") do
+  local f = assert(io.open(path, "rb")); n = n + 1; bodies[n] = f:read("*a"); f:close()
+end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "multipart/form-data; boundary=%(boundary)s"
+request = function()
+  i = i %% n + 1
+  return wrk.format(nil, "/v1/predict", nil, bodies[i])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{"requests": %%d, "duration_us": %%d, "p50_us": %%d, "p99_us": %%d, "connect": %%d, ' ..
+    '"read": %%d, "write": %%d, "status": %%d, "timeout": %%d}\n', summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+def _wrk_load(url: str, bodies: list[bytes], seconds: float, concurrency: int, pid: int,
+              folder: Path) -> dict[str, object]:
+    """The same load from wrk: multipart bodies written to files, rotated by a Lua script."""
+    boundary = "digitlab-bench-boundary"
+    paths = []
+    for k, body in enumerate(bodies):
+        path = folder / f"body-{k}.bin"
+        path.write_bytes(b"".join([f"--{boundary}\r\n".encode(), b'Content-Disposition: form-data; name="file"; '
+                                   b'filename="digit.png"\r\nContent-Type: image/png\r\n\r\n', body,
+                                   f"\r\n--{boundary}--\r\n".encode()]))
+        paths.append(str(path))
+    (folder / "bodies.txt").write_text("\n".join(paths) + "\n")
+    script = folder / "predict.lua"
+    script.write_text(WRK_SCRIPT % {"list": folder / "bodies.txt", "boundary": boundary})
+    memory = [(0.0, _rss_mb(pid))]
+    start = time.perf_counter()
+    proc = subprocess.Popen(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "10s", "-s",
+                             str(script), url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None and time.perf_counter() - start < seconds + 30:
+        time.sleep(5)
+        memory.append((time.perf_counter() - start, _rss_mb(pid)))
+    out, err = proc.communicate(timeout=30)
+    if proc.returncode != 0:
+        sys.exit(f"wrk failed: {err[-500:]}")
+    r = json.loads(out.strip().splitlines()[-1])
+    memory.append((time.perf_counter() - start, _rss_mb(pid)))
+    elapsed = r["duration_us"] / 1e6
+    errors = r["connect"] + r["read"] + r["write"] + r["timeout"]
+    return {"client": "wrk", "seconds": elapsed, "requests": r["requests"],
+            "requests_per_s": r["requests"] / elapsed, "p50_ms": r["p50_us"] / 1e3, "p99_ms": r["p99_us"] / 1e3,
+            "non_200": r["status"], "connection_errors": errors, "rss_mb": [[round(t, 1), round(m, 1)]
+                                                                            for t, m in memory]}
 
 
 def _malformed(rng: np.random.Generator, good: bytes) -> tuple[str, dict[str, object]]:
@@ -167,6 +226,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--client", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx")
     parser.add_argument("--fuzz", type=int, default=10000)
     parser.add_argument("--out", default="benchmarks/results/serve.json")
     args = parser.parse_args()
@@ -194,7 +254,11 @@ def main() -> None:
             else:
                 sys.exit("the server did not become ready in 60 s")
             asyncio.run(_load(url, bodies[:20], 3, args.concurrency, server.pid))  # warm-up
-            row = asyncio.run(_load(url, bodies, args.seconds, args.concurrency, server.pid))
+            if args.client == "wrk":
+                with tempfile.TemporaryDirectory() as tmp:
+                    row = _wrk_load(url, bodies[:100], args.seconds, args.concurrency, server.pid, Path(tmp))
+            else:
+                row = asyncio.run(_load(url, bodies, args.seconds, args.concurrency, server.pid))
             if workers == args.workers[0] and args.fuzz:
                 row["fuzz"] = asyncio.run(_fuzz(url, args.fuzz, bodies[0], seconds=600))
                 row["ready_after_fuzz"] = httpx.get(f"{url}/readyz", timeout=5).status_code == 200

@@ -382,6 +382,56 @@ def test_a_slow_model_times_out_with_504(served) -> None:
         assert c.get("/healthz").status_code == 200
 
 
+class Recording:
+    """The served predictor, with each model call's batch size recorded and the first one slowed down."""
+
+    def __init__(self, inner: Predictor, delay: float) -> None:
+        self.inner, self.delay, self.batches = inner, delay, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def predict_prepared(self, prepared, **kwargs):
+        self.batches.append(len(prepared))
+        if len(self.batches) == 1:
+            time.sleep(self.delay)
+        return self.inner.predict_prepared(prepared, **kwargs)
+
+
+def test_concurrent_single_images_share_model_calls_and_a_bad_one_fails_alone(served) -> None:
+    import httpx
+
+    app = create_app(ServeSettings(), predictor=served.app.state.predictor)
+    rec = Recording(app.state.predictor, delay=0.3)
+    app.dependency_overrides[get_predictor] = lambda: rec
+
+    async def go() -> list:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            first = asyncio.create_task(c.post("/v1/predict", files={"file": ("a.png", served.pngs[0], "image/png")}))
+            await asyncio.sleep(0.1)  # the first request is in the model: the others queue behind it
+            rest = [c.post("/v1/predict", files={"file": ("a.png", data, "image/png")}) for data in served.pngs[1:9]]
+            bad = c.post("/v1/predict", content=b"not an image at all", headers={"content-type": "image/png"})
+            return [await first, *await asyncio.gather(*rest, bad)]
+
+    responses = asyncio.run(go())
+    for r, label in zip(responses[:9], served.y[:9], strict=True):
+        assert r.status_code == 200, r.text
+        assert r.json()["label"] == label
+    error_of(responses[9], 422, "image")
+    assert sum(rec.batches) == 9 and rec.batches[0] == 1 and max(rec.batches) > 1, rec.batches
+
+
+def test_a_slow_model_times_out_with_504_for_images_too(served) -> None:
+    app = create_app(ServeSettings(timeout_s=0.05), predictor=served.app.state.predictor)
+    rec = Recording(app.state.predictor, delay=0.5)
+    app.dependency_overrides[get_predictor] = lambda: rec
+    with TestClient(app) as c:
+        error_of(c.post("/v1/predict", files={"file": ("a.png", served.pngs[0], "image/png")}), 504, "longer than")
+        time.sleep(0.6)  # the slow call finishes on its own; the next request is answered
+        r = c.post("/v1/predict", files={"file": ("a.png", served.pngs[1], "image/png")})
+        assert r.status_code == 200 and r.json()["label"] == served.y[1]
+
+
 def test_an_unexpected_error_is_a_500_without_a_traceback(served) -> None:
     class Broken:
         def __getattr__(self, name: str):

@@ -507,6 +507,8 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="The port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes (each loads the "
                                          "model).")] = 1,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request (costs "
+                                             "time under load).")] = False,
 ) -> None:
     """Serve the model: REST API (/v1/..., OpenAPI at /docs) and the drawing page at /. Limits, CORS and defaults
     come from DIGITLAB_SERVE_* variables (MAX_BODY_BYTES, MAX_BATCH, TIMEOUT_S, CORS_ORIGINS, TOP_K)."""
@@ -527,11 +529,14 @@ def serve(
     predictor = Predictor.from_path(model)  # a model that cannot load fails here, not in a worker
     err.print(f"serving {predictor.name} ({model}) on http://{host}:{port}/ (API docs at /docs)")
     if workers == 1:
-        uvicorn.run(create_app(settings, predictor=predictor), host=host, port=port, log_level="info")
+        uvicorn.run(create_app(settings, predictor=predictor), host=host, port=port, log_level="info",
+                    access_log=access_log)
         return
     os.environ[f"{ENV_PREFIX}MODEL"] = str(model.resolve())
+    # Each worker's model threads share the cores: W workers x all cores would oversubscribe them.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     uvicorn.run("digitlab.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="info")
+                log_level="info", access_log=access_log)
 
 
 @app.command("tune")

@@ -12,7 +12,8 @@ Endpoints (OpenAPI at ``/docs``): ``POST /v1/predict`` (one image: multipart ``f
 
 Bad input is the client's: every expected failure is a 4xx with ``{"error": "<one line>"}``. The
 body is limited twice (its Content-Length, and the bytes actually received), model work runs in
-the thread pool under a timeout (504), and no file path is ever taken from a request.
+the thread pool under a timeout (504), and no file path is ever taken from a request. Single-image
+predictions are micro-batched: those that arrive while the model is busy share its next call.
 """
 
 import asyncio
@@ -43,6 +44,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from digitlab import __version__
 from digitlab.inference import ImageError, ImagePrediction, Predictor, PredictorError, Prepared, read_digits
 from digitlab.inference.prepare import Polarity
+from digitlab.serve.batching import ImageJob, MicroBatcher
 from digitlab.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 API = "/v1"
 EVAL_METRICS = Path("eval") / "metrics.json"  # in a run directory, written by `digitlab evaluate`
+BATCH_LIMIT = 64  # the most single-image requests one model call takes
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 Prepare = Literal["none", "list", "png"]
 T = TypeVar("T")
@@ -377,6 +380,26 @@ async def query_options(top_k: Annotated[int | None, Query(ge=1, le=100)] = None
 QueryOptions = Annotated[Options, Depends(query_options)]
 
 
+def batcher_for(request: Request, predictor: Predictor) -> MicroBatcher:
+    """The app's micro-batcher for ``predictor`` (made on first use; tests may swap the predictor)."""
+    batcher: MicroBatcher | None = getattr(request.app.state, "batcher", None)
+    if batcher is None or batcher.predictor is not predictor:
+        batcher = request.app.state.batcher = MicroBatcher(predictor, max_batch=BATCH_LIMIT)
+    return batcher
+
+
+async def predict_batched(request: Request, predictor: Predictor, settings: ServeSettings,
+                          job: ImageJob) -> ImagePrediction:
+    """``job`` through the micro-batcher, answered 504 after ``settings.timeout_s`` and 422 for a bad image."""
+    try:
+        return await asyncio.wait_for(batcher_for(request, predictor).submit(job), settings.timeout_s)
+    except TimeoutError:
+        raise ClientError(504, f"the model took longer than {settings.timeout_s:g} s; try a smaller image") \
+            from None
+    except (ImageError, PredictorError) as e:
+        raise ClientError(422, one_line(str(e))) from None
+
+
 async def run_limited(settings: ServeSettings, fn: Callable[[], T]) -> T:
     """``fn`` in the thread pool, answered 504 after ``settings.timeout_s`` (the thread finishes on its own)."""
     try:
@@ -405,6 +428,8 @@ def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | 
                 raise PredictorError(f"no model: pass one or set {settings.model_config['env_prefix']}MODEL")
             app.state.predictor = await run_in_threadpool(Predictor.from_path, settings.model)
         yield
+        if getattr(app.state, "batcher", None) is not None:
+            await app.state.batcher.close()
         app.state.predictor = None
 
     app = FastAPI(title="digitlab", version=__version__, lifespan=lifespan,
@@ -490,9 +515,8 @@ def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | 
             r.update(reason="low confidence" if r["rejected"] else None, found=True,
                      prepared=encode_prepared(pixels, opts.return_prepared))
             return r
-        result = await run_limited(s, lambda: p.predict_images(
-            [data], names=["image"], top_k=k, min_confidence=opts.min_confidence,
-            polarity=opts.polarity or "auto")[0])
+        assert data is not None
+        result = await predict_batched(request, p, s, ImageJob(data, k, opts.min_confidence, opts.polarity or "auto"))
         return prediction_out(result, p.class_names, opts.return_prepared)
 
     batch_doc = {"requestBody": {"required": True, "content": {
