@@ -2,11 +2,12 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_strings.py                        # runs/bench/default-seed0, 1000 each
+    .venv/bin/python benchmarks/bench_strings.py                        # runs/bench/default-seed0, 2000 each
     .venv/bin/python benchmarks/bench_strings.py runs/bench/best-seed0 --n 200
 
-Two sets of ``--n`` strings of ``--length`` digits each, drawn with a seeded generator from the test
-split (no digit twice in a string) and composed by ``compose_line``: per-digit scale 0.8-1.2,
+Two sets of ``--n`` strings of ``--length`` digits each from the test split: consecutive runs of a
+seeded permutation of it, so the default 2,000 strings of 5 use every test digit exactly once (more
+strings start a new permutation), and each set is composed by ``compose_line``: per-digit scale 0.8-1.2,
 baseline jitter +-3 px, and a gap between neighbouring digits' ink boxes of 2-12 px ("separated")
 or an overlap of 0-4 px ("touching"; overlapping ink is combined with max). Each line is written as
 dark ink on white, like a scan, and read as a PNG would be. Reported per set: whole-string accuracy,
@@ -45,9 +46,10 @@ def compose(images: np.ndarray, labels: np.ndarray, gap: tuple[int, int], n: int
             seed: int) -> list[tuple[np.ndarray, str, np.ndarray, list[tuple[int, int, int, int]]]]:
     """``n`` lines of dark ink on white, their truth, the test indices they were drawn from, the boxes."""
     rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(len(images)) for _ in range(-(-n * length // len(images)))])
     out = []
-    for _ in range(n):
-        idx = rng.choice(len(images), length, replace=False)
+    for k in range(n):
+        idx = order[k * length:(k + 1) * length]
         line, boxes = compose_line(images[idx], rng, gap=gap)
         out.append((255 - line, "".join(str(int(v)) for v in labels[idx]), idx, boxes))
     return out
@@ -94,7 +96,7 @@ def run_set(predictor: Predictor, lines: list, length: int, images: np.ndarray, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", nargs="?", default="runs/bench/default-seed0", help="a trained run directory")
-    parser.add_argument("--n", type=int, default=1000, help="strings per set")
+    parser.add_argument("--n", type=int, default=2000, help="strings per set (2,000 x 5: each test digit once)")
     parser.add_argument("--length", type=int, default=5, help="digits per string")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sets", nargs="*", default=list(SETS), choices=list(SETS))
