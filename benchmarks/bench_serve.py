@@ -225,7 +225,7 @@ def main() -> None:
     parser.add_argument("run", nargs="?", default="runs/bench/default-seed0")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2])
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--client", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx")
     parser.add_argument("--fuzz", type=int, default=10000)
     parser.add_argument("--out", default="benchmarks/results/serve.json")
