@@ -200,7 +200,14 @@ def test_openapi_documents_the_versioned_endpoints(served) -> None:
     assert {"/v1/predict", "/v1/predict/batch", "/v1/read", "/v1/model"} <= set(schema["paths"])
     body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(body)
-    assert served.client.get("/docs").status_code == 200
+    docs = served.client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    # Offline: every script, style sheet and icon of the page comes from the app itself, not a CDN.
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert len(assets) >= 3 and all(a.startswith("/") for a in assets), assets
+    for asset in assets:
+        r = served.client.get(asset)
+        assert r.status_code == 200 and len(r.content) > 100, asset
 
 
 def metric(text: str, name: str, **labels: str) -> float:

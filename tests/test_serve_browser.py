@@ -79,8 +79,8 @@ def server(mnist_dataset, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @contextmanager
-def open_page(server: str) -> Iterator[SimpleNamespace]:
-    """The page in headless Chromium, with every URL it fetched and every script error it raised."""
+def open_page(server: str, path: str = "/") -> Iterator[SimpleNamespace]:
+    """The page at ``path`` in headless Chromium, with every URL it fetched and every script error it raised."""
     playwright = pytest.importorskip("playwright.sync_api")
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
@@ -89,7 +89,7 @@ def open_page(server: str) -> Iterator[SimpleNamespace]:
             seen = SimpleNamespace(page=page, fetched=[], errors=[])
             page.on("request", lambda r: seen.fetched.append(r.url))
             page.on("pageerror", lambda e: seen.errors.append(str(e)))
-            page.goto(server + "/", timeout=30_000)
+            page.goto(server + path, timeout=30_000)
             page.wait_for_load_state("networkidle")
             yield seen
         finally:
@@ -223,3 +223,12 @@ def test_upload_digit_strings_keyboard_and_api_errors(server: str, mnist_dataset
     assert not_found == EMPTY
     assert seen.errors == []
     assert (tmp_path / "string.png").exists()
+
+
+def test_api_docs_render_offline(server: str) -> None:
+    with open_page(server, "/docs") as seen:
+        seen.page.wait_for_selector(".opblock", timeout=30_000)  # Swagger UI drew the operations
+        operations = seen.page.locator(".opblock-summary-path").all_inner_texts()
+        assert {"/v1/predict", "/v1/predict/batch", "/v1/read", "/v1/model"} <= {o.strip() for o in operations}
+        assert [u for u in seen.fetched if not u.startswith((server, "data:"))] == []  # no CDN
+        assert seen.errors == []

@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
+import swagger_ui
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -51,6 +53,8 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 API = "/v1"
+DOCS_ASSETS = "/docs-assets"  # Swagger UI 5's files (shipped in the swagger-ui-py package), served for /docs
+SWAGGER_DIR = Path(swagger_ui.__file__).parent / "static"
 EVAL_METRICS = Path("eval") / "metrics.json"  # in a run directory, written by `digitlab evaluate`
 BATCH_LIMIT = 64  # the most single-image requests one model call takes
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -171,7 +175,8 @@ class LimitAndMeasure:
             return
         start = time.perf_counter()
         path = scope.get("path", "")
-        endpoint = path if path in self.endpoints() else "/static" if path.startswith("/static/") else "other"
+        endpoint = (path if path in self.endpoints() else "/static" if path.startswith(("/static/", DOCS_ASSETS))
+                    else "other")
         status = 500
         started = False
 
@@ -432,7 +437,7 @@ def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | 
             await app.state.batcher.close()
         app.state.predictor = None
 
-    app = FastAPI(title="digitlab", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="digitlab", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Handwritten digit recognition: one digit, a batch, or a line of digits.")
     app.state.settings = settings
     app.state.predictor = predictor
@@ -600,8 +605,16 @@ def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | 
             raise HTTPException(404, "the drawing page is not installed (serve/static/index.html)")
         return FileResponse(index)
 
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:  # Swagger UI from the app itself (FastAPI's default loads it from a CDN)
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="digitlab API",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+
     app.mount("/static", _Static(directory=STATIC_DIR, check_dir=False), name="static")
-    paths.update(r.path for r in app.routes if not r.path.startswith("/static"))  # type: ignore[attr-defined]
+    app.mount(DOCS_ASSETS, StaticFiles(directory=SWAGGER_DIR), name="docs-assets")
+    paths.update(r.path for r in app.routes if not r.path.startswith(("/static", DOCS_ASSETS)))  # type: ignore[attr-defined]
     return app
 
 
