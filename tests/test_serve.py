@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import signal
 import struct
 import time
 import zlib
@@ -557,6 +558,49 @@ def test_serve_command_runs_uvicorn(served, monkeypatch: pytest.MonkeyPatch) -> 
     app, kw = calls[-1]
     assert app == "digitlab.serve.app:app_from_env" and kw["factory"] and kw["workers"] == 2
     assert os.environ["DIGITLAB_SERVE_MODEL"] == str(served.run.resolve())
+
+
+def test_two_workers_serve_and_metrics_count_both(served) -> None:
+    """A real `digitlab serve --workers 2`: predictions from both, and /metrics sums their counts."""
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = str(Path(sys.executable).with_name("digitlab"))
+    server = subprocess.Popen([exe, "serve", str(served.run), "--port", str(port), "--workers", "2"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert server.poll() is None, server.stderr.read()[-2000:]
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        n = 24
+        for i in range(n):  # a connection each, so both workers take some (each accepts as it is free)
+            data = served.pngs[i % len(served.pngs)]
+            r = httpx.post(f"{url}/v1/predict", files={"file": ("d.png", data, "image/png")}, timeout=30)
+            assert r.status_code == 200 and r.json()["label"] == served.y[i % len(served.y)]
+        for _ in range(4):  # whichever worker answers, it reports both workers' requests
+            with httpx.Client(base_url=url, timeout=30) as c:  # a new connection may reach the other worker
+                text = c.get("/metrics").text
+            assert metric(text, "digitlab_requests_total", endpoint="/v1/predict", method="POST", status="200") == n
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
 def test_serve_command_fails_in_one_line_on_a_bad_model(tmp_path: Path) -> None:

@@ -513,6 +513,8 @@ def serve(
     """Serve the model: REST API (/v1/..., OpenAPI at /docs) and the drawing page at /. Limits, CORS and defaults
     come from DIGITLAB_SERVE_* variables (MAX_BODY_BYTES, MAX_BATCH, TIMEOUT_S, CORS_ORIGINS, TOP_K)."""
     import os
+    import shutil
+    import tempfile
 
     import uvicorn
     from pydantic import ValidationError
@@ -533,10 +535,24 @@ def serve(
                     access_log=access_log)
         return
     os.environ[f"{ENV_PREFIX}MODEL"] = str(model.resolve())
-    # Each worker's model threads share the cores: W workers x all cores would oversubscribe them.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-    uvicorn.run("digitlab.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="info", access_log=access_log)
+    metrics_dir = tempfile.mkdtemp(prefix="digitlab-metrics-")
+    # For the workers only: /metrics sums every worker's counts (Prometheus' multiprocess mode, files in
+    # metrics_dir), and each worker's model threads share the cores (W workers x all cores oversubscribe).
+    scoped = {"PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    if "OMP_NUM_THREADS" not in os.environ:
+        scoped["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    saved = {k: os.environ.get(k) for k in scoped}
+    os.environ.update(scoped)
+    try:
+        uvicorn.run("digitlab.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                    log_level="info", access_log=access_log)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @app.command("tune")

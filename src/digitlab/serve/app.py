@@ -22,6 +22,7 @@ import binascii
 import io
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -37,7 +38,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -55,6 +56,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 API = "/v1"
 DOCS_ASSETS = "/docs-assets"  # Swagger UI 5's files (shipped in the swagger-ui-py package), served for /docs
 SWAGGER_DIR = Path(swagger_ui.__file__).parent / "static"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set by `digitlab serve --workers N` (N > 1) for its workers
 EVAL_METRICS = Path("eval") / "metrics.json"  # in a run directory, written by `digitlab evaluate`
 BATCH_LIMIT = 64  # the most single-image requests one model call takes
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -467,7 +469,11 @@ def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | 
 
     @app.get("/metrics", tags=["health"], response_class=Response)
     async def metrics() -> Response:
-        """Prometheus: requests by endpoint and status, and a latency histogram (this process's)."""
+        """Prometheus: requests by endpoint and status, and a latency histogram (all workers together)."""
+        if os.environ.get(MULTIPROC_ENV):  # several workers: each writes its counts to files in that folder
+            summed = CollectorRegistry()
+            multiprocess.MultiProcessCollector(summed)
+            return Response(generate_latest(summed), media_type=CONTENT_TYPE_LATEST)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(f"{API}/model", tags=["model"])
