@@ -5,6 +5,7 @@ size."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -82,13 +83,22 @@ def test_rank_shards_of_each_batch_are_the_single_process_batch() -> None:
 
 
 def test_two_gloo_ranks_under_torchrun_match_one_process(tmp_path: Path) -> None:
+    """Two "machines" (two torchrun agents, one rank each, meeting at a c10d rendezvous endpoint) against
+    one process with the same global batch."""
     recipe = _recipe(tmp_path)
     single = train_run(config_from_recipe(str(recipe)), out_root=tmp_path / "one", show_progress=False)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--max-restarts=0",
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+           f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=test", "--max-restarts=0",
            "-m", "digitlab", "train", "--recipe", str(recipe), "--out", str(tmp_path / "two"), "--quiet"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=_env())
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("run directory:") == 1  # rank 1 printed nothing
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+             for _ in range(2)]
+    outputs = [node.communicate(timeout=240) for node in nodes]
+    for node, (_, stderr) in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, stderr[-3000:]
+    assert sum(out.count("run directory:") for out, _ in outputs) == 1  # rank 1 printed nothing
 
     (run,) = (tmp_path / "two").iterdir()
     a, b = load_file(Path(single.run_dir) / "model.safetensors"), load_file(run / "model.safetensors")
