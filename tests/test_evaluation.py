@@ -416,6 +416,18 @@ def test_calibration_json_holds_the_temperature(runs: SimpleNamespace, mnist_dat
     assert stored["fitted_on"] == "val" and stored["n"] == N_VAL
     assert stored["nll_after"] <= stored["nll_before"]
     assert read_calibration(run).temperature == stored["temperature"]
+    # a network gets a non-digit detector, its threshold beside the (relaxed) confidence one; a classical
+    # model keeps the confidence threshold alone, as before the detector
+    detector = run / "detector.safetensors"
+    rej = m["rejection"]
+    if which == "cnn":
+        assert detector.is_file() and stored["detector_threshold"] == rej["detector_threshold"]
+        assert stored["threshold"] == rej["threshold"] < stored["threshold_without_detector"]
+        assert rej["detector"]["n_digits"] == 400 and rej["detector"]["n_nondigits"] == 400
+        assert rej["val_rejected"] <= 0.007 and 0 <= rej["rejected"] <= 1
+    else:
+        assert not detector.exists() and "detector_threshold" not in stored and "detector" not in rej
+        assert stored["threshold"] == rej["threshold"] and stored["threshold_rule"] == rej["rule"]
     predictor = Predictor.from_run(run)
     images = mnist_dataset.test_images[:50]
     np.testing.assert_allclose(predictor.predict_proba(images),

@@ -40,16 +40,19 @@ from digitlab.inference.formats import (
     HUB_CALIBRATION,
     HUB_CARD,
     HUB_CONFIG,
+    HUB_DETECTOR,
     HUB_ONNX,
     HUB_PREPROCESS,
     HUB_WEIGHTS,
     META_CALIBRATION,
     META_CLASS_NAMES,
+    META_DETECTOR,
     META_MODEL,
     META_PREPROCESS,
     META_VERSION,
     ONNX_INPUT,
     ONNX_OUTPUT,
+    ONNX_SCORE,
 )
 from digitlab.inference.predictor import Predictor
 from digitlab.training import config_from_recipe, train_run
@@ -57,7 +60,7 @@ from digitlab.training import config_from_recipe, train_run
 TINY = ["data.train_subset=400", "data.n_val=200", "train.batch_size=50", "train.eval_batch_size=500"]
 # The fast recipe with one 8-filter block and one epoch: seconds to train, and trained channels-last.
 SMALL_FAST = ["model.args={blocks: [{filters: 8, pool_first: true, batch_norm: true}], dense: []}", "train.epochs=1"]
-HUB_FILES = {HUB_CONFIG, HUB_WEIGHTS, HUB_ONNX, HUB_PREPROCESS, HUB_CALIBRATION, HUB_CARD}
+HUB_FILES = {HUB_CONFIG, HUB_WEIGHTS, HUB_ONNX, HUB_PREPROCESS, HUB_CALIBRATION, HUB_DETECTOR, HUB_CARD}
 CARD_SECTIONS = ("## Model description", "## Evaluation", "## Intended use", "## How the input must be prepared",
                  "## Limitations", "## Usage")
 
@@ -228,6 +231,7 @@ def test_cli_export_onnx_prints_the_file_and_the_parity(runs: SimpleNamespace, o
     assert f"max |logit difference| {record['parity']['max_abs_diff']:.2e}" in onnx_cli.stdout
     assert record["parity"]["n"] == 1000 and "mnist test split" in record["parity"]["inputs"]
     assert 0 <= record["parity"]["max_abs_diff"] <= 1e-4
+    assert 0 <= record["parity"]["max_abs_diff_score"] <= 1e-4 and record["detector"] is True
     assert record["int8"] is None
 
 
@@ -238,8 +242,8 @@ def test_onnx_file_passes_the_checker_and_names_its_tensors(runs: SimpleNamespac
     onnx.checker.check_model(model, full_check=True)
     assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 17
     assert [i.name for i in model.graph.input] == [ONNX_INPUT]
-    assert [o.name for o in model.graph.output] == [ONNX_OUTPUT]
-    for value in (model.graph.input[0], model.graph.output[0]):
+    assert [o.name for o in model.graph.output] == [ONNX_OUTPUT, ONNX_SCORE]  # the run has a detector
+    for value in (model.graph.input[0], *model.graph.output):
         assert value.type.tensor_type.shape.dim[0].dim_param, value  # a symbolic batch axis
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]] == [1, 28, 28]
 
@@ -251,7 +255,11 @@ def test_onnx_metadata_is_complete_and_parses(runs: SimpleNamespace, onnx_cli) -
     assert PreprocessSpec.from_json(meta[META_PREPROCESS]) == PreprocessSpec.model_validate(model_json["preprocess"])
     assert json.loads(meta[META_CLASS_NAMES]) == model_json["class_names"] == [str(d) for d in range(10)]
     assert json.loads(meta[META_MODEL]) == {k: model_json[k] for k in ("name", "kind", "args")}
-    assert json.loads(meta[META_CALIBRATION]) == json.loads((runs.cnn / "calibration.json").read_text())
+    calibration = json.loads((runs.cnn / "calibration.json").read_text())
+    assert json.loads(meta[META_CALIBRATION]) == calibration
+    assert json.loads(meta[META_DETECTOR]) == {"output": ONNX_SCORE, "threshold": calibration["detector_threshold"],
+                                               "softmax_threshold": calibration["threshold"],
+                                               "rule": calibration["threshold_rule"]}
     assert meta[META_VERSION] == __version__
 
 
@@ -265,6 +273,11 @@ def test_onnx_runs_any_batch_size_and_matches_torch(runs: SimpleNamespace, onnx_
     (logits,) = session(runs.cnn / "export" / HUB_ONNX).run([ONNX_OUTPUT], {ONNX_INPUT: x})
     assert logits.shape == (batch, 10) and logits.dtype == np.float32
     np.testing.assert_allclose(logits, predictor.scores(images), atol=1e-4, rtol=0)
+    logits, score = session(runs.cnn / "export" / HUB_ONNX).run([ONNX_OUTPUT, ONNX_SCORE], {ONNX_INPUT: x})
+    torch_logits, torch_score = predictor.scores_and_nondigit(images)
+    assert score.shape == (batch,) and score.dtype == np.float32
+    np.testing.assert_allclose(score, torch_score, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(logits, torch_logits, atol=1e-4, rtol=0)
 
 
 @pytest.mark.mnist
@@ -279,7 +292,10 @@ def test_without_the_data_parity_is_checked_on_random_images(runs: SimpleNamespa
     assert result["onnx"] == str(tmp_path / HUB_ONNX)
     assert result["parity"]["inputs"] == "random images" and result["parity"]["max_abs_diff"] <= 1e-4
     assert any("random images" in line for line in lines)
-    assert META_CALIBRATION not in metadata(tmp_path / HUB_ONNX)  # that run has no calibration
+    assert META_CALIBRATION not in metadata(tmp_path / HUB_ONNX)  # that run has no calibration...
+    assert META_DETECTOR not in metadata(tmp_path / HUB_ONNX)  # ...and no detector: one output
+    assert [o.name for o in onnx.load_model(str(tmp_path / HUB_ONNX)).graph.output] == [ONNX_OUTPUT]
+    assert "max_abs_diff_score" not in result["parity"] and result["detector"] is False
     assert not (runs.unevaluated / "export" / "export.json").exists()  # an export elsewhere records nothing
     with pytest.raises(ExportError, match="could not be loaded"):  # INT8 cannot calibrate on nothing
         export_onnx(runs.unevaluated, tmp_path / "q.onnx", quantize="int8")
@@ -320,6 +336,13 @@ def test_int8_is_quantized_and_measured_on_the_test_split(runs: SimpleNamespace,
     assert q["drop_points"] == pytest.approx(100 * (q["accuracy_fp32"] - q["accuracy_int8"]))
     assert q["accuracy_fp32"] > 0.5 and abs(q["drop_points"]) < 5
     assert path.stat().st_size == q["size_bytes"] < int8.out.stat().st_size
+    # the detector stays in the graph, in float32: its score moves only as much as the features it reads
+    assert [o.name for o in model.graph.output] == [ONNX_OUTPUT, ONNX_SCORE] and META_DETECTOR in metadata(path)
+    d = q["detector"]
+    assert d["quantized"] is False and d["nodes_kept_float"] > 0 and d["flag_agreement"] > 0.95
+    loaded = Predictor.from_path(path)
+    assert loaded.has_detector and loaded.detector_threshold == predictor.detector_threshold
+    assert loaded.predict(images[:100]).nondigit_score.shape == (100,)
 
 
 @pytest.mark.mnist
@@ -353,6 +376,7 @@ def test_hub_folder_of_an_evaluated_run(runs: SimpleNamespace, hub_cli) -> None:
     spec = PreprocessSpec.from_json((folder / HUB_PREPROCESS).read_text())
     assert spec == PreprocessSpec.model_validate(model_json["preprocess"])
     assert json.loads((folder / HUB_CALIBRATION).read_text()) == json.loads((runs.cnn / "calibration.json").read_text())
+    assert (folder / HUB_DETECTOR).read_bytes() == (runs.cnn / "detector.safetensors").read_bytes()
     onnx.checker.check_model(onnx.load_model(str(folder / HUB_ONNX)))
     assert set(metadata(folder / HUB_ONNX)) >= {META_PREPROCESS, META_CLASS_NAMES, META_MODEL, META_VERSION}
 
@@ -378,9 +402,10 @@ def test_model_card_of_an_evaluated_run(runs: SimpleNamespace, hub_cli) -> None:
     assert 'Predictor.from_path("<folder>")' in text and "ort.InferenceSession" in text
     assert f"| accuracy | {m['accuracy']:.4f}" in text
     assert "Not evaluated" not in text
-    threshold = json.loads((runs.cnn / "calibration.json").read_text()).get("threshold")
-    if threshold is not None:  # the rejection threshold evaluate chose on validation
-        assert f"below {threshold:.3f} is rejected by default" in text
+    cal = json.loads((runs.cnn / "calibration.json").read_text())
+    # the rejection thresholds evaluate chose on validation: confidence, and the detector's
+    assert f"below {cal['threshold']:.3f} or when the non-digit detector" in text
+    assert f"above {cal['detector_threshold']:.3f}" in text and "`detector.safetensors`" in text
 
 
 @pytest.mark.mnist
@@ -388,7 +413,7 @@ def test_model_card_of_an_unevaluated_run_says_so(runs: SimpleNamespace, tmp_pat
     out = tmp_path / "hub"
     lines: list[str] = []
     assert export_hub(runs.unevaluated, out, log=lines.append) == out
-    assert {p.name for p in out.iterdir()} == HUB_FILES - {HUB_CALIBRATION}
+    assert {p.name for p in out.iterdir()} == HUB_FILES - {HUB_CALIBRATION, HUB_DETECTOR}
     card = ModelCard.load(out / HUB_CARD)
     assert card.data.eval_results is None and card.data.metrics is None
     assert "model-index" not in (out / HUB_CARD).read_text()
@@ -398,7 +423,7 @@ def test_model_card_of_an_unevaluated_run_says_so(runs: SimpleNamespace, tmp_pat
     stale = out / "stale.txt"
     stale.write_text("from an older export")
     export_hub(runs.unevaluated, out)
-    assert {p.name for p in out.iterdir()} == HUB_FILES - {HUB_CALIBRATION}
+    assert {p.name for p in out.iterdir()} == HUB_FILES - {HUB_CALIBRATION, HUB_DETECTOR}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hub"]
 
 
@@ -432,3 +457,9 @@ def test_exported_files_predict_like_the_run(runs: SimpleNamespace, onnx_cli, hu
     loaded = Predictor.from_path(path, backend=backend, device="cpu")
     assert np.array_equal(loaded.classify(images), reference.classify(images))
     np.testing.assert_allclose(loaded.predict_proba(images), reference.predict_proba(images), atol=1e-5)
+    # the non-digit detector travels too (hub: detector.safetensors for torch, the second output for ONNX)
+    assert loaded.has_detector and loaded.detector_threshold == reference.detector_threshold is not None
+    assert loaded.threshold == reference.threshold
+    out, ref = loaded.predict(images), reference.predict(images)
+    np.testing.assert_allclose(out.nondigit_score, ref.nondigit_score, atol=1e-4, rtol=0)
+    assert np.mean(out.rejected == ref.rejected) > 0.999

@@ -304,6 +304,11 @@ def evaluate(
     out.print(f"macro F1: {m['macro_avg']['f1']:.4f}; ECE {cal['ece_before']:.4f} raw, {cal['ece_after']:.4f} at "
               f"temperature {cal['temperature']:.3f} (fitted on validation)")
     out.print(f"inference: {m['inference']['images_per_s']:,.0f} images/s on {m['inference']['device']}")
+    r = m.get("rejection") or {}
+    if r.get("detector_threshold") is not None:
+        out.print(f"rejection: confidence below {r['threshold']:.3f} or non-digit score above "
+                  f"{r['detector_threshold']:.3f} (detector): {r['val_rejected']:.2%} of validation digits, "
+                  f"{r['rejected']:.2%} of {m['split']} digits")
     out.print(f"written: {Path(m['run']) / 'eval'}")
 
 
@@ -472,6 +477,9 @@ def export(
     out.print(f"written: {r['onnx']} ({r['size_bytes'] / 1e6:.2f} MB, opset {r['opset']}, {r['exporter']} exporter)")
     out.print(f"parity with torch: max |logit difference| {p['max_abs_diff']:.2e} on {p['n']:,} {p['inputs']} "
               f"(tolerance {p['tolerance']:g})")
+    if "max_abs_diff_score" in p:
+        out.print(f"non-digit detector in the graph (output nondigit_score): max |score difference| "
+                  f"{p['max_abs_diff_score']:.2e}")
     if r["int8"]:
         q = r["int8"]
         out.print(f"written: {q['path']} ({q['size_bytes'] / 1e6:.2f} MB, INT8, "
@@ -479,6 +487,10 @@ def export(
         out.print(f"test accuracy: fp32 {q['accuracy_fp32']:.4f}, int8 {q['accuracy_int8']:.4f}, drop "
                   f"{q['drop_points']:.2f} points ({q['n_test']:,} images; predictions agree on "
                   f"{q['agreement']:.2%})")
+        if q.get("detector"):
+            d = q["detector"]
+            out.print(f"INT8 detector kept in float32: non-digit flags agree on {d['flag_agreement']:.2%} "
+                      f"(max |score difference| {d['max_abs_diff_score']:.2g}: the features it reads are quantized)")
 
 
 @app.command("push")

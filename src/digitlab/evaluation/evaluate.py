@@ -7,7 +7,10 @@ Usage::
 
 The temperature is fitted on the run's validation split (the same stratified, seeded split that
 training carved) and stored in the run (``calibration.json``); the test split is read only to be
-measured, after everything is fixed.
+measured, after everything is fixed. For a network, a non-digit detector is fitted next (the
+run's training digits against the library's synthetic non-digits, ``inference.detector``) and
+stored as ``detector.safetensors``; the rejection rule, ``confidence < t OR nondigit_score > t_det``,
+takes both thresholds from validation digits.
 """
 
 import json
@@ -18,11 +21,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
 from digitlab.core.config import ConfigError, RunConfig, read_run_config
 from digitlab.core.errors import DigitlabError
 from digitlab.core.rundir import RunDir, RunDirError
 from digitlab.data.loading import Dataset, load_dataset
+from digitlab.data.nondigits import cached_nondigits
 from digitlab.data.splits import split_train_val
 from digitlab.evaluation import plots
 from digitlab.evaluation.metrics import (
@@ -33,12 +38,26 @@ from digitlab.evaluation.metrics import (
     top_confusions,
 )
 from digitlab.evaluation.robustness import robustness_sweep
+from digitlab.inference.detector import (
+    DETECTOR_FILE,
+    NonDigitDetector,
+    fit_detector,
+    rejection_thresholds,
+    save_detector,
+)
 from digitlab.inference.predictor import Calibration, Predictor, write_calibration
 
 EVAL_DIR = "eval"
 METRICS_FILE = "metrics.json"
 THROUGHPUT_BATCH = 1000
 REJECT_VAL_RATE = 0.007  # the threshold rejects 0.7% of validation digits: 0.72-0.90% of test digits (3 seeds)
+# With the detector: the confidence threshold alone rejects 0.3% of validation digits, the detector the
+# rest of REJECT_VAL_RATE (benchmarks/explore_ood.py: 0.3% and 0% for confidence alone did alike; 0.7%
+# left the detector no room, 80% of non-digits rejected instead of 91%).
+RELAXED_SOFTMAX_RATE = 0.003
+DETECTOR_NONDIGITS = 8000  # synthetic non-digits the detector learns from (at most as many as training digits)
+NONDIGITS_SEED = 0  # one cached bank for every run (digitlab.data.nondigits)
+DIGIT_CLASSES = [str(d) for d in range(10)]
 REJECT_CURVE = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)  # confidences of the coverage / error table
 
 
@@ -113,7 +132,7 @@ def evaluate_run(path: str | os.PathLike[str], *, dataset: str | None = None, sp
     class_names = list(ds.spec.class_names)
 
     # 1. the temperature, fitted on validation only
-    _, val_idx = split_train_val(ds.train_labels, n_val=cfg.data.n_val, seed=cfg.data.split_seed)
+    train_idx, val_idx = split_train_val(ds.train_labels, n_val=cfg.data.n_val, seed=cfg.data.split_seed)
     val_images, val_labels = ds.train_images[val_idx], ds.train_labels[val_idx].astype(np.int64)
     if len(val_labels):
         say(f"validation: {len(val_idx):,} images, fitting the temperature")
@@ -125,12 +144,27 @@ def evaluate_run(path: str | os.PathLike[str], *, dataset: str | None = None, sp
         say("no validation split (data.n_val=0): no temperature scaling")
         temperature, nll_before, nll_after = 1.0, math.nan, math.nan
 
+    # 1b. the non-digit detector (networks), stored with the calibration: fitted on this data only
+    stores_calibration = bool(len(val_labels)) and name == trained_on
+    detector = detector_info = None
+    val_nondigit = nondigit = None
+    # (the synthetic non-digits are letters, scribbles and blobs: a detector for digit datasets only)
+    if stores_calibration and predictor.has_features and class_names == DIGIT_CLASSES:
+        if cfg.data.train_subset is not None:  # the digits training used, as the trainer takes them
+            train_idx = train_idx[: cfg.data.train_subset]
+        detector, detector_info = _fit_detector(predictor, ds.train_images[train_idx], temperature, cfg.seed, say)
+        predictor.detector = detector
+        _, val_nondigit = predictor.scores_and_nondigit(val_images)
+
     # 2. the measured split
     if split == "test":
         images, labels = ds.test_images, ds.test_labels.astype(np.int64)
         scores, rate = _timed_scores(predictor, images)
+        if detector is not None:
+            _, nondigit = predictor.scores_and_nondigit(images)
     else:
         images, labels, scores = val_images, val_labels, val_scores
+        nondigit = val_nondigit
         _, rate = _timed_scores(predictor, images)
     say(f"{split}: {len(labels):,} images, {rate:,.0f} images/s")
     proba = predictor.proba_from_scores(scores)
@@ -170,7 +204,8 @@ def evaluate_run(path: str | os.PathLike[str], *, dataset: str | None = None, sp
             "reliability_after": reliability_bins(labels, proba_cal),
         },
         "rejection": _rejection(predictor.proba_from_scores(val_scores, temperature) if len(val_labels) else None,
-                                proba_cal, labels),
+                                proba_cal, labels, val_nondigit=val_nondigit, nondigit=nondigit,
+                                detector=detector_info),
         "top_confusions": top_confusions(cm, class_names),
         "inference": {"images_per_s": rate, "device": str(predictor.device), "batch_size": THROUGHPUT_BATCH},
     }
@@ -212,21 +247,54 @@ def evaluate_run(path: str | os.PathLike[str], *, dataset: str | None = None, sp
     out = _finite(out)
     run.write_json(f"{EVAL_DIR}/{METRICS_FILE}", out)
     # The temperature belongs to the model and the data it was trained on: stored (for the
-    # Predictor) only when fitted on that data's validation split, and last, once all else is written.
-    if len(val_labels) and name == trained_on:
+    # Predictor) only when fitted on that data's validation split, and last, once all else is written
+    # (the detector just before: calibration.json names its threshold).
+    if stores_calibration:
+        rej = out["rejection"]
+        if detector is not None:
+            save_detector(detector, run.path / DETECTOR_FILE)
+        else:
+            (run.path / DETECTOR_FILE).unlink(missing_ok=True)  # an earlier one would not match this calibration
         write_calibration(run.path, Calibration(temperature=temperature, fitted_on="val", n=len(val_labels),
                                                 nll_before=nll_before, nll_after=nll_after,
-                                                threshold=out["rejection"]["threshold"],
-                                                threshold_rule=out["rejection"]["rule"]))
+                                                threshold=rej["threshold"], threshold_rule=rej["rule"],
+                                                detector_threshold=rej.get("detector_threshold"),
+                                                threshold_without_detector=(rej["softmax_only"]["threshold"]
+                                                                            if detector is not None else None)))
     return out
 
 
-def _rejection(val_proba: np.ndarray | None, proba: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """The rejection threshold chosen on validation, and the coverage / error trade-off on the measured split.
+def _fit_detector(predictor: Predictor, digits: np.ndarray, temperature: float, seed: int,
+                  say: Any) -> tuple[NonDigitDetector, dict[str, Any]]:
+    """The non-digit detector of a network: its training digits (0) against synthetic non-digits (1)."""
+    start = time.perf_counter()
+    n_neg = min(DETECTOR_NONDIGITS, len(digits))
+    say(f"non-digit detector: features of {len(digits):,} training digits and {n_neg:,} synthetic non-digits")
+    nondigits = cached_nondigits(n_neg, seed=NONDIGITS_SEED)
+    z_pos, f_pos = predictor.features(digits)
+    z_neg, f_neg = predictor.features(nondigits)
+    detector = fit_detector((torch.from_numpy(f_pos), torch.from_numpy(z_pos)),
+                            (torch.from_numpy(f_neg), torch.from_numpy(z_neg)), temperature=temperature, seed=seed)
+    detector.to(predictor.device)
+    seconds = time.perf_counter() - start
+    say(f"non-digit detector: fitted on {f_pos.shape[1]:,} features + confidence + energy ({seconds:.1f} s)")
+    return detector, {"file": DETECTOR_FILE, "n_digits": len(digits), "n_nondigits": n_neg,
+                      "n_features": int(f_pos.shape[1]), "hidden": detector.hidden.out_features, "seed": seed,
+                      "seconds": seconds}
 
-    The threshold is the calibrated confidence below which ``REJECT_VAL_RATE`` of validation digits
-    fall: it rejects about that share of real digits (and the doubtful ones first), and any input
-    the model is less sure of, digit or not.
+
+def _rejection(val_proba: np.ndarray | None, proba: np.ndarray, labels: np.ndarray, *,
+               val_nondigit: np.ndarray | None = None, nondigit: np.ndarray | None = None,
+               detector: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The rejection rule chosen on validation, and the coverage / error trade-off on the measured split.
+
+    Without a detector, the threshold is the calibrated confidence below which ``REJECT_VAL_RATE`` of
+    validation digits fall: it rejects about that share of real digits (and the doubtful ones first),
+    and any input the model is less sure of, digit or not. With one (``val_nondigit``, ``nondigit``:
+    its scores), the confidence threshold rejects ``RELAXED_SOFTMAX_RATE`` of validation digits and the
+    detector's threshold the rest of ``REJECT_VAL_RATE``; ``softmax_only`` keeps the single threshold's
+    figures beside it. ``val_rejected`` and ``rejected``: the share of validation digits and of the
+    measured split that the rule rejects.
     """
     conf = proba.max(axis=1)
     wrong = proba.argmax(axis=1) != labels
@@ -237,13 +305,30 @@ def _rejection(val_proba: np.ndarray | None, proba: np.ndarray, labels: np.ndarr
                       "error_kept": float(wrong[kept].mean()) if kept.any() else 0.0,
                       "errors_rejected": int((wrong & ~kept).sum())})
     out: dict[str, Any] = {"curve": curve, "threshold": None, "rule": None}
-    if val_proba is not None and len(val_proba):
-        t = float(np.quantile(val_proba.max(axis=1), REJECT_VAL_RATE))
-        kept = conf >= t
-        out.update(threshold=t, rule=f"rejects {REJECT_VAL_RATE:.1%} of validation digits",
-                   coverage=float(kept.mean()), error_kept=float(wrong[kept].mean()) if kept.any() else 0.0,
-                   error_all=float(wrong.mean()), errors_rejected=int((wrong & ~kept).sum()),
-                   errors=int(wrong.sum()))
+    if val_proba is None or not len(val_proba):
+        return out
+    val_conf = val_proba.max(axis=1)
+
+    def measured(kept: np.ndarray) -> dict[str, Any]:
+        return {"coverage": float(kept.mean()), "rejected": float(1.0 - kept.mean()),
+                "error_kept": float(wrong[kept].mean()) if kept.any() else 0.0,
+                "errors_rejected": int((wrong & ~kept).sum())}
+
+    t = float(np.quantile(val_conf, REJECT_VAL_RATE))
+    alone = {"threshold": t, "rule": f"rejects {REJECT_VAL_RATE:.1%} of validation digits",
+             "val_rejected": float((val_conf < t).mean()), **measured(conf >= t)}
+    if val_nondigit is None or nondigit is None:
+        out.update(alone, error_all=float(wrong.mean()), errors=int(wrong.sum()))
+        return out
+    t_soft, t_det = rejection_thresholds(val_conf, val_nondigit, rate=REJECT_VAL_RATE,
+                                         softmax_rate=RELAXED_SOFTMAX_RATE)
+    kept = (conf >= t_soft) & (nondigit <= t_det)
+    out.update(threshold=t_soft, detector_threshold=t_det,
+               rule=f"rejects {REJECT_VAL_RATE:.1%} of validation digits: calibrated confidence below {t_soft:.4f} "
+                    f"({RELAXED_SOFTMAX_RATE:.1%} alone) or non-digit score above {t_det:.4f} (the detector)",
+               val_rejected=float(((val_conf < t_soft) | (val_nondigit > t_det)).mean()), **measured(kept),
+               detector_rejected=float((nondigit > t_det).mean()), error_all=float(wrong.mean()),
+               errors=int(wrong.sum()), softmax_only=alone, detector=detector)
     return out
 
 

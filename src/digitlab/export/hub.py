@@ -6,7 +6,8 @@ Usage::
     Predictor.from_path(folder)                                   # reads it back
 
 The layout is the one ``digitlab.inference.formats`` documents (config.json, model.safetensors,
-model.onnx, preprocessing.json, calibration.json when the run has one, README.md). The folder is
+model.onnx, preprocessing.json, calibration.json when the run has one, detector.safetensors when it
+has a non-digit detector, README.md). The folder is
 built beside its target and renamed into place, so a reader never sees a half-written one; an
 existing folder is replaced only when it is a digitlab hub folder.
 """
@@ -26,16 +27,19 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from digitlab import __version__
 from digitlab.core.rundir import RunDir
 from digitlab.export.errors import ExportError
-from digitlab.export.onnx import DEFAULT_OPSET, EXPORT_DIR, export_onnx, load_torch_predictor
+from digitlab.export.onnx import DEFAULT_OPSET, EXPORT_DIR, export_onnx, exports_detector, load_torch_predictor
+from digitlab.inference.detector import DETECTOR_FILE
 from digitlab.inference.formats import (
     HUB_CALIBRATION,
     HUB_CARD,
     HUB_CONFIG,
+    HUB_DETECTOR,
     HUB_ONNX,
     HUB_PREPROCESS,
     HUB_WEIGHTS,
     ONNX_INPUT,
     ONNX_OUTPUT,
+    ONNX_SCORE,
 )
 from digitlab.inference.predictor import CALIBRATION, Predictor
 from digitlab.models import get_entry
@@ -95,6 +99,8 @@ def export_hub(run: str | os.PathLike[str], out: str | os.PathLike[str] | None =
         (work / HUB_PREPROCESS).write_text(predictor.spec.to_json() + "\n", encoding="utf-8")
         if predictor.calibration is not None:
             shutil.copyfile(rundir.file(CALIBRATION), work / HUB_CALIBRATION)
+        if exports_detector(predictor):  # the same detector model.onnx carries, for the torch backend
+            shutil.copyfile(rundir.file(DETECTOR_FILE), work / HUB_DETECTOR)
         metrics = read_eval_metrics(rundir, predictor, say)
         model_card(rundir, predictor, metrics, onnx_result).save(work / HUB_CARD)
         _swap_into_place(work, target)
@@ -212,7 +218,9 @@ def _card_body(model_name: str, title: str, recipe: str, cfg: dict[str, Any], cf
         "Files: `model.safetensors` (PyTorch weights), `model.onnx` (opset "
         f"{onnx_result['opset']}, dynamic batch axis; its logits match PyTorch's to {parity['max_abs_diff']:.1e} "
         f"at most on {parity['n']:,} {parity['inputs']}), `config.json` (architecture), `preprocessing.json` "
-        "(input convention and normalisation)" + (", `calibration.json` (temperature)" if cal else "") + ".",
+        "(input convention and normalisation)" + (", `calibration.json` (temperature)" if cal else "")
+        + (", `detector.safetensors` (the non-digit detector; in `model.onnx` as the second output "
+           f"`{ONNX_SCORE}`)" if exports_detector(predictor) else "") + ".",
         "",
         "## Evaluation",
         "",
@@ -234,7 +242,10 @@ def _card_body(model_name: str, title: str, recipe: str, cfg: dict[str, Any], cf
         ]
         r = metrics.get("rejection") or {}
         if r.get("threshold") is not None and r.get("coverage") is not None:
-            lines.append(f"| at the rejection threshold {r['threshold']:.3f}: answered / error among answered | "
+            where = (f"the rejection thresholds (confidence {r['threshold']:.3f}, non-digit score "
+                     f"{r['detector_threshold']:.3f})" if r.get("detector_threshold") is not None else
+                     f"the rejection threshold {r['threshold']:.3f}")
+            lines.append(f"| at {where}: answered / error among answered | "
                          f"{r['coverage']:.2%} / {r.get('error_kept', 0):.2%} |")
         lines.append("")
     else:
@@ -266,7 +277,16 @@ def _card_body(model_name: str, title: str, recipe: str, cfg: dict[str, Any], cf
         "(`digitlab predict --multi`).",
     ]
     threshold = getattr(cal, "threshold", None)
-    if cal is not None and threshold is not None:
+    if cal is not None and threshold is not None and exports_detector(predictor):
+        lines.append(f"- **Confidence and non-digits.** Probabilities are calibrated by temperature scaling (T = "
+                     f"{cal.temperature:.3f}, fitted on {cal.n:,} validation images, `calibration.json`). A "
+                     f"prediction is rejected by default when its calibrated confidence is below {threshold:.3f} "
+                     f"or when the non-digit detector (a small network on the model's features, trained on the "
+                     f"training digits against synthetic letters, scribbles and blobs) scores it above "
+                     f"{predictor.detector_threshold:.3f} (both chosen on validation digits: the pair "
+                     f"{cal.threshold_rule or 'was chosen on validation'}). Inputs unlike both the digits and "
+                     "those non-digits can still pass; measure on data like yours.")
+    elif cal is not None and threshold is not None:
         rule = getattr(cal, "threshold_rule", None)
         lines.append(f"- **Confidence.** Probabilities are calibrated by temperature scaling (T = "
                      f"{cal.temperature:.3f}, fitted on {cal.n:,} validation images, `calibration.json`), and a "
@@ -313,6 +333,11 @@ def _card_body(model_name: str, title: str, recipe: str, cfg: dict[str, Any], cf
         f"# (N, {predictor.n_classes})",
         "labels = logits.argmax(axis=1)",
     ]
+    if exports_detector(predictor):
+        lines += [
+            f'score = session.run(["{ONNX_SCORE}"], {{"{ONNX_INPUT}": x[:, None]}})[0]   '
+            "# (N,): not digit-like above calibration.json's detector_threshold",
+        ]
     if cal is not None:
         lines += [
             'temperature = json.load(open("<folder>/calibration.json"))["temperature"]',

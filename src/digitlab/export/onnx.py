@@ -8,10 +8,12 @@ Usage::
     result["int8"]["drop_points"]                                  # test accuracy lost, in points
 
 The file holds the network alone: its input is the normalised float32 ``(N, 1, 28, 28)`` tensor that
-``PreprocessSpec.normalize`` makes, its output the logits. The spec, class names, architecture and
-calibration travel in its metadata (names in ``digitlab.inference.formats``), so ``Predictor.from_path``
-feeds it exactly as training did. A file is checked (``onnx.checker``, a dynamic batch axis, parity with
-torch) before it is renamed into place: one that fails never replaces a good one.
+``PreprocessSpec.normalize`` makes, its output the logits; when ``digitlab evaluate`` fitted a non-digit
+detector, the detector too, as a second output (``nondigit_score``, ``(N,)``). The spec, class names,
+architecture, calibration and rejection thresholds travel in its metadata (names in
+``digitlab.inference.formats``), so ``Predictor.from_path`` feeds it exactly as training did. A file is
+checked (``onnx.checker``, a dynamic batch axis, parity with torch, of both outputs) before it is renamed
+into place: one that fails never replaces a good one.
 """
 
 import contextlib
@@ -48,16 +50,19 @@ from digitlab.data.errors import DataError
 from digitlab.data.loading import Dataset, load_dataset
 from digitlab.data.splits import split_train_val
 from digitlab.export.errors import ExportError
+from digitlab.inference.detector import ScoredModel
 from digitlab.inference.formats import (
     HUB_ONNX,
     HUB_ONNX_INT8,
     META_CALIBRATION,
     META_CLASS_NAMES,
+    META_DETECTOR,
     META_MODEL,
     META_PREPROCESS,
     META_VERSION,
     ONNX_INPUT,
     ONNX_OUTPUT,
+    ONNX_SCORE,
 )
 from digitlab.inference.predictor import CALIBRATION, Predictor
 
@@ -66,7 +71,7 @@ MIN_OPSET = 17
 QUANTIZE_CHOICES = ("int8",)
 EXPORT_DIR = "export"
 RECORD = "export.json"  # the figures of the last default export, in RUN/export/
-PARITY_TOLERANCE = 1e-4  # max |logit difference|; fp32 reorderings stay near 1e-6
+PARITY_TOLERANCE = 1e-4  # max |logit difference| (and |non-digit score difference|); fp32 reorderings stay near 1e-6
 PARITY_SAMPLES = 1000
 CALIBRATION_SAMPLES = 300  # training images for the INT8 ranges: a few hundred are plenty for min/max
 CALIBRATION_BATCH = 100
@@ -149,7 +154,9 @@ def export_onnx(run: str | os.PathLike[str], out: str | os.PathLike[str] | None 
         # Checked on the temp file: a file that fails parity is never renamed into place.
         parity = check_parity(tmp, predictor, images, inputs=inputs)
     say(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB, {time.perf_counter() - start:.1f} s); parity with "
-        f"torch: max |logit difference| {parity['max_abs_diff']:.2e} on {parity['n']:,} {inputs}")
+        f"torch: max |logit difference| {parity['max_abs_diff']:.2e} on {parity['n']:,} {inputs}"
+        + (f", max |non-digit score difference| {parity['max_abs_diff_score']:.2e}" if "max_abs_diff_score" in parity
+           else ""))
 
     result: dict[str, Any] = {
         "run": str(rundir.path),
@@ -160,6 +167,7 @@ def export_onnx(run: str | os.PathLike[str], out: str | os.PathLike[str] | None 
         "opset": got_opset,
         "exporter": exporter,
         "parity": parity,
+        "detector": exports_detector(predictor),
         "int8": None,
     }
     if quantize == "int8":
@@ -183,6 +191,11 @@ def load_torch_predictor(run_path: str | os.PathLike[str]) -> Predictor:
     return predictor
 
 
+def exports_detector(predictor: Predictor) -> bool:
+    """Whether the export carries the run's non-digit detector (loaded, with a threshold chosen for it)."""
+    return predictor.detector is not None and predictor.detector_threshold is not None
+
+
 def onnx_metadata(predictor: Predictor) -> dict[str, str]:
     """The metadata_props an exported file carries (keys from ``inference.formats``)."""
     meta = {
@@ -194,6 +207,10 @@ def onnx_metadata(predictor: Predictor) -> dict[str, str]:
     calibration = _calibration_json(predictor)
     if calibration is not None:
         meta[META_CALIBRATION] = calibration
+    if exports_detector(predictor):
+        meta[META_DETECTOR] = json.dumps({
+            "output": ONNX_SCORE, "threshold": predictor.detector_threshold, "softmax_threshold": predictor.threshold,
+            "rule": getattr(predictor.calibration, "threshold_rule", None)})
     return meta
 
 
@@ -216,18 +233,35 @@ def set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:
 
 def check_parity(path: str | os.PathLike[str], predictor: Predictor, images: np.ndarray, *,
                  inputs: str) -> dict[str, Any]:
-    """Logits of the ONNX file against torch's on the same raw images, through the same spec.
+    """Logits (and non-digit scores, when the file has the detector) of the ONNX file against torch's on the
+    same raw images, through the same spec.
 
     Raises:
         ExportError: a difference above ``PARITY_TOLERANCE`` (or a NaN).
     """
-    torch_logits = predictor.scores(images, batch_size=BATCH)
-    onnx_logits = onnx_scores(session(path), images, predictor)
-    diff = float(np.abs(onnx_logits.astype(np.float64) - torch_logits).max()) if len(images) else 0.0
+    sess = session(path)
+    with_score = ONNX_SCORE in {o.name for o in sess.get_outputs()}
+    if with_score:
+        torch_logits, torch_score = predictor.scores_and_nondigit(images, batch_size=BATCH)
+        onnx_logits, onnx_score = onnx_outputs(sess, images, predictor)
+    else:
+        torch_logits, onnx_logits = predictor.scores(images, batch_size=BATCH), onnx_scores(sess, images, predictor)
+    diff = _max_diff(onnx_logits, torch_logits)
     if not diff <= PARITY_TOLERANCE:
         raise ExportError(f"{predictor.name}: the ONNX logits differ from torch's by up to {diff:.3g} on {inputs} "
                           f"(tolerance {PARITY_TOLERANCE:g}); the file was not written")
-    return {"max_abs_diff": diff, "n": len(images), "inputs": inputs, "tolerance": PARITY_TOLERANCE}
+    out: dict[str, Any] = {"max_abs_diff": diff, "n": len(images), "inputs": inputs, "tolerance": PARITY_TOLERANCE}
+    if with_score:
+        diff = _max_diff(onnx_score, torch_score)
+        if not diff <= PARITY_TOLERANCE:
+            raise ExportError(f"{predictor.name}: the ONNX non-digit scores differ from torch's by up to {diff:.3g} "
+                              f"on {inputs} (tolerance {PARITY_TOLERANCE:g}); the file was not written")
+        out["max_abs_diff_score"] = diff
+    return out
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - b).max()) if len(a) else 0.0
 
 
 def session(path: str | os.PathLike[str]) -> ort.InferenceSession:
@@ -251,13 +285,24 @@ def onnx_scores(sess: ort.InferenceSession, images: np.ndarray, predictor: Predi
     return np.concatenate(out) if out else np.empty((0, predictor.n_classes), dtype=np.float32)
 
 
+def onnx_outputs(sess: ort.InferenceSession, images: np.ndarray, predictor: Predictor) -> tuple[np.ndarray, np.ndarray]:
+    """Logits ``(N, n_classes)`` and non-digit scores ``(N,)`` of a session whose graph has the detector."""
+    out = [sess.run([ONNX_OUTPUT, ONNX_SCORE], {ONNX_INPUT: _normalized(predictor, images[i : i + BATCH])})
+           for i in range(0, len(images), BATCH)]
+    if not out:
+        return np.empty((0, predictor.n_classes), np.float32), np.empty(0, np.float32)
+    return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
+
+
 def quantize_int8(fp32_path: Path, target: Path, predictor: Predictor, data: Dataset, cfg: RunConfig, *,
                   say: Callable[[str], None]) -> dict[str, Any]:
     """Static QDQ INT8 quantization of ``fp32_path`` into ``target``, then fp32 vs INT8 on the test split.
 
     The activation ranges come from ``CALIBRATION_SAMPLES`` images of the run's training split (never
     validation or test). Weights are quantized per channel or per tensor, whichever agrees more often
-    with the fp32 model on held-out validation images.
+    with the fp32 model on held-out validation images. A non-digit detector in the graph stays float32
+    (the nodes only its score depends on are left out of quantization: its inputs mix scales, from a
+    confidence in [0, 1] to energies of tens, that one uint8 range would blur).
     """
     start = time.perf_counter()
     train_idx, val_idx = split_train_val(data.train_labels, n_val=cfg.data.n_val, seed=cfg.data.split_seed)
@@ -280,10 +325,11 @@ def quantize_int8(fp32_path: Path, target: Path, predictor: Predictor, data: Dat
         # fewer tensors to quantize), as onnxruntime recommends before static quantization.
         with _quiet():
             quant_pre_process(str(fp32_path), str(prepared))
+        exclude = _detector_only_nodes(prepared)
         candidates: dict[bool, tuple[Path, float]] = {}
         for per_channel in (False, True):
             path = Path(work) / f"int8-{'channel' if per_channel else 'tensor'}.onnx"
-            _quantize(prepared, path, batches, per_channel=per_channel)
+            _quantize(prepared, path, batches, per_channel=per_channel, exclude=exclude)
             labels = onnx_scores(session(path), data.train_images[select_idx], predictor).argmax(axis=1)
             candidates[per_channel] = (path, float(np.mean(labels == select_fp32)) if len(labels) else 1.0)
         # Ties go to per-tensor weights: the simpler scheme.
@@ -317,8 +363,18 @@ def quantize_int8(fp32_path: Path, target: Path, predictor: Predictor, data: Dat
         "accuracy_int8": acc_int8,
         "drop_points": round(100 * (acc_fp32 - acc_int8), 6),  # float noise off: 0.01, not 0.009999...
         "agreement": float(np.mean(pred_fp32 == pred_int8)),
+        "detector": None,
         "seconds": time.perf_counter() - start,
     }
+    if exclude:
+        _, score_fp32 = onnx_outputs(fp32, data.test_images, predictor)
+        _, score_int8 = onnx_outputs(int8, data.test_images, predictor)
+        t_det = predictor.detector_threshold
+        result["detector"] = {"quantized": False, "nodes_kept_float": len(exclude),
+                              "max_abs_diff_score": _max_diff(score_int8, score_fp32),
+                              "flag_agreement": (float(np.mean((score_fp32 > t_det) == (score_int8 > t_det)))
+                                                 if t_det is not None else None)}
+        result["seconds"] = time.perf_counter() - start
     say(f"wrote {target} ({result['size_bytes'] / 1e6:.2f} MB, {'per-channel' if per_channel else 'per-tensor'} "
         f"weights); test accuracy fp32 {acc_fp32:.4f}, INT8 {acc_int8:.4f} (drop {result['drop_points']:.2f} points)")
     return result
@@ -334,7 +390,37 @@ class _Batches(CalibrationDataReader):
         return next(self._batches, None)
 
 
-def _quantize(prepared: Path, out: Path, batches: list[dict[str, np.ndarray]], *, per_channel: bool) -> None:
+def _detector_only_nodes(path: Path) -> list[str]:
+    """Names of the nodes that only the non-digit score depends on (none without one); nodes without a
+    name are named first, in the file, so that the quantizer can be told to leave them alone."""
+    proto = onnx.load_model(str(path))
+    outputs = {o.name for o in proto.graph.output}
+    if ONNX_SCORE not in outputs or ONNX_OUTPUT not in outputs:
+        return []
+    named = set()
+    for i, node in enumerate(proto.graph.node):
+        if not node.name:
+            node.name = f"digitlab_node_{i}"
+            named.add(node.name)
+    producer = {t: node for node in proto.graph.node for t in node.output}
+
+    def ancestors(tensor: str) -> set[str]:
+        seen: set[str] = set()
+        stack = [tensor]
+        while stack:
+            node = producer.get(stack.pop())
+            if node is not None and node.name not in seen:
+                seen.add(node.name)
+                stack.extend(node.input)
+        return seen
+
+    if named:
+        onnx.save_model(proto, str(path))
+    return sorted(ancestors(ONNX_SCORE) - ancestors(ONNX_OUTPUT))
+
+
+def _quantize(prepared: Path, out: Path, batches: list[dict[str, np.ndarray]], *, per_channel: bool,
+              exclude: list[str] | None = None) -> None:
     try:
         with _quiet():
             quantize_static(
@@ -343,6 +429,7 @@ def _quantize(prepared: Path, out: Path, batches: list[dict[str, np.ndarray]], *
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 per_channel=per_channel,
+                nodes_to_exclude=exclude or [],
                 # 7-bit weights: u8 x s8 products saturate in the AVX2/AVX-512 kernels of CPUs without
                 # VNNI, which per-channel scales make likelier (onnxruntime's quantization guide).
                 reduce_range=per_channel,
@@ -363,11 +450,12 @@ def _to_onnx(predictor: Predictor, opset: int, say: Callable[[str], None]) -> tu
     """
     h, w = predictor.spec.input_size
     example = torch.from_numpy(_normalized(predictor, np.zeros((EXAMPLE_BATCH, h, w), dtype=np.uint8)))
+    module, outputs = _graph_module(predictor)
     try:
         with _quiet():
             program = torch.onnx.export(
-                predictor.model, (example,), dynamo=True, opset_version=opset, verbose=False,
-                input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
+                module, (example,), dynamo=True, opset_version=opset, verbose=False,
+                input_names=[ONNX_INPUT], output_names=outputs,
                 dynamic_shapes=({0: torch.export.Dim(BATCH_AXIS)},),
             )
     # torch.export and onnxscript raise many unrelated types (UserError, constraint violations, missing
@@ -387,14 +475,23 @@ def _to_onnx(predictor: Predictor, opset: int, say: Callable[[str], None]) -> tu
         return proto, "dynamo"
 
 
+def _graph_module(predictor: Predictor) -> tuple[torch.nn.Module, list[str]]:
+    """What is traced, and its output names: the network, or the network and its detector."""
+    if exports_detector(predictor):
+        assert predictor.detector is not None
+        return ScoredModel(predictor.model, predictor.detector).eval(), [ONNX_OUTPUT, ONNX_SCORE]
+    return predictor.model, [ONNX_OUTPUT]
+
+
 def _to_onnx_torchscript(predictor: Predictor, example: torch.Tensor, opset: int) -> onnx.ModelProto:
     buffer = io.BytesIO()
+    module, outputs = _graph_module(predictor)
     try:
         with _quiet():
             torch.onnx.export(
-                predictor.model, (example,), buffer, dynamo=False, opset_version=opset,
-                input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
-                dynamic_axes={ONNX_INPUT: {0: BATCH_AXIS}, ONNX_OUTPUT: {0: BATCH_AXIS}},
+                module, (example,), buffer, dynamo=False, opset_version=opset,
+                input_names=[ONNX_INPUT], output_names=outputs,
+                dynamic_axes={ONNX_INPUT: {0: BATCH_AXIS}, **{name: {0: BATCH_AXIS} for name in outputs}},
             )
     except Exception as e:  # as above: the tracer's failures have no common type
         raise ExportError(f"{predictor.name}: cannot export to ONNX: {type(e).__name__}: {_first_line(e)}") from None

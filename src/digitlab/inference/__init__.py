@@ -3,6 +3,7 @@
 Usage: ``from digitlab.inference import Predictor``.
 """
 
+from digitlab.inference.detector import NonDigitDetector
 from digitlab.inference.predictor import (
     Calibration,
     ImagePrediction,
@@ -20,6 +21,7 @@ __all__ = [
     "DigitString",
     "ImageError",
     "ImagePrediction",
+    "NonDigitDetector",
     "Predictions",
     "Predictor",
     "PredictorError",

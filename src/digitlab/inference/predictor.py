@@ -6,7 +6,7 @@ Usage::
     predictor = Predictor.from_path("model.onnx")                        # ONNX file (onnxruntime)
     predictor = Predictor.from_path("hub-folder/")                       # hub folder (torch, else ONNX)
     out = predictor.predict(images_uint8, top_k=3)                       # (N, 28, 28) uint8
-    out.labels, out.confidence, out.rejected, out.top(0)
+    out.labels, out.confidence, out.rejected, out.top(0), out.nondigit_score
     results = predictor.predict_images(["a.png", "b.jpg"])               # real images, prepared first
 
 One object for torch, onnxruntime and classical (scikit-learn) backends. Inputs are images in the
@@ -15,7 +15,10 @@ the same code path training used. Real images (photos, scans, drawings) go throu
 ``prepare_image`` first (``predict_images``). When ``digitlab evaluate`` has fitted a temperature on
 the validation split (``calibration.json``), probabilities are calibrated with it, and a prediction
 whose calibrated confidence is below the threshold chosen there (or ``min_confidence``) is
-``rejected``.
+``rejected``. When evaluate has also fitted a non-digit detector (``detector.safetensors``, see
+``digitlab.inference.detector``; networks only), a prediction is rejected too when the detector's score
+is above its threshold: ``confidence < threshold OR nondigit_score > detector_threshold``, both chosen
+on validation digits. ``min_confidence`` replaces the confidence threshold only; the detector stays.
 """
 
 import json
@@ -37,9 +40,11 @@ from digitlab.core.fileio import atomic_write_text
 from digitlab.core.rundir import RunDir
 from digitlab.data.errors import DataError
 from digitlab.data.preprocess import PreprocessSpec
+from digitlab.inference.detector import DETECTOR_FILE, DetectorError, NonDigitDetector, load_detector
 from digitlab.inference.formats import (
     HUB_CALIBRATION,
     HUB_CONFIG,
+    HUB_DETECTOR,
     HUB_ONNX,
     HUB_PREPROCESS,
     HUB_WEIGHTS,
@@ -49,16 +54,20 @@ from digitlab.inference.formats import (
     META_PREPROCESS,
     ONNX_INPUT,
     ONNX_OUTPUT,
+    ONNX_SCORE,
 )
 from digitlab.inference.prepare import Polarity, Prepared, prepare_image
 from digitlab.models.classical import ClassicalModel
 from digitlab.models.registry import ModelError, create_model, make_config
-from digitlab.models.runtime import predict_logits, resolve_device
+from digitlab.models.runtime import has_features as model_has_features
+from digitlab.models.runtime import predict_features, predict_logits, resolve_device
 
 CALIBRATION = "calibration.json"
 # A real image whose strokes, fitted into the 28x28 frame, are wider than this is a blob, not a digit:
 # MNIST's widest 1% are 6.4 px (ink area over skeleton length; see prepare.WIDTH_OK).
 MAX_STROKE = 8.0
+REASON_LOW_CONFIDENCE = "low confidence"
+REASON_DETECTOR = "not digit-like (detector)"
 _LOG_FLOOR = 1e-12  # probabilities of 0 (k-NN votes, forests) as finite log-probabilities
 
 
@@ -69,7 +78,12 @@ class PredictorError(DigitlabError):
 @dataclass(frozen=True)
 class Calibration:
     """Temperature scaling fitted on the validation split: ``softmax(logits / temperature)``, and the
-    confidence below which a prediction is rejected (chosen on the same split; None: never)."""
+    confidence below which a prediction is rejected (chosen on the same split; None: never).
+
+    With a non-digit detector, ``threshold`` is the (relaxed) confidence threshold of the combined rule,
+    ``detector_threshold`` the score above which the detector rejects, and ``threshold_without_detector``
+    the confidence threshold to use alone where the detector is not there (rejecting as much of
+    validation as the combined rule). Calibrations written before the detector have neither."""
 
     temperature: float
     fitted_on: str
@@ -78,6 +92,8 @@ class Calibration:
     nll_after: float
     threshold: float | None = None
     threshold_rule: str | None = None
+    detector_threshold: float | None = None
+    threshold_without_detector: float | None = None
 
 
 @dataclass(frozen=True)
@@ -86,9 +102,28 @@ class Predictions:
 
     class_names: list[str]
     proba: np.ndarray  # (N, n_classes), calibrated when the model has a calibration
-    rejected: np.ndarray  # (N,) bool: confidence below the threshold
+    rejected: np.ndarray  # (N,) bool: confidence below the threshold, or flagged by the detector
     threshold: float | None
     k: int = 3
+    nondigit_score: np.ndarray | None = None  # (N,) the detector's score (higher: less digit-like), or None
+    detector_threshold: float | None = None
+
+    @property
+    def low_confidence(self) -> np.ndarray:
+        """(N,) bool: calibrated confidence below the threshold."""
+        return self.confidence < self.threshold if self.threshold is not None else np.zeros(len(self), bool)
+
+    @property
+    def not_digit_like(self) -> np.ndarray:
+        """(N,) bool: the detector's score above its threshold (all False without a detector)."""
+        if self.nondigit_score is None or self.detector_threshold is None:
+            return np.zeros(len(self), bool)
+        return self.nondigit_score > self.detector_threshold
+
+    def reason(self, i: int) -> str | None:
+        """Why item ``i`` is rejected (None when it is not)."""
+        return (REASON_LOW_CONFIDENCE if self.low_confidence[i] else REASON_DETECTOR if self.not_digit_like[i]
+                else None)
 
     @property
     def indices(self) -> np.ndarray:
@@ -114,6 +149,7 @@ class Predictions:
         """Item ``i`` as JSON-ready data."""
         return {"label": self.class_names[int(self.indices[i])], "confidence": float(self.confidence[i]),
                 "rejected": bool(self.rejected[i]),
+                "nondigit_score": None if self.nondigit_score is None else float(self.nondigit_score[i]),
                 "top_k": [{"label": c, "probability": p} for c, p in self.top(i)],
                 "probabilities": {c: float(p) for c, p in zip(self.class_names, self.proba[i], strict=True)}}
 
@@ -127,13 +163,17 @@ class ImagePrediction:
     label: str | None = None
     confidence: float = 0.0
     rejected: bool = True  # no digit found is rejected too
-    reason: str | None = "no digit found"  # why rejected: "no digit found" or "low confidence"
+    # why rejected: "no digit found", "low confidence", "not digit-like (strokes N px wide: a blob?)" or
+    # "not digit-like (detector)"
+    reason: str | None = "no digit found"
     top_k: list[tuple[str, float]] = field(default_factory=list)
     proba: np.ndarray | None = None
+    nondigit_score: float | None = None  # the detector's score, when the model has one
 
     def record(self) -> dict[str, Any]:
         return {"source": self.source, "found": self.prepared.found, "label": self.label,
                 "confidence": round(self.confidence, 6), "rejected": self.rejected, "reason": self.reason,
+                "nondigit_score": None if self.nondigit_score is None else round(self.nondigit_score, 6),
                 "top_k": [{"label": c, "probability": round(p, 6)} for c, p in self.top_k],
                 "inverted": self.prepared.inverted, "box": list(self.prepared.box) if self.prepared.box else None,
                 "notes": list(self.prepared.notes)}
@@ -149,7 +189,8 @@ class Predictor:
 
     def __init__(self, *, name: str, kind: str, model: Any, spec: PreprocessSpec, class_names: list[str],
                  info: dict[str, Any], device: torch.device, calibration: Calibration | None = None,
-                 source: Path | None = None, channels_last: bool = False, backend: str | None = None) -> None:
+                 source: Path | None = None, channels_last: bool = False, backend: str | None = None,
+                 detector: NonDigitDetector | None = None) -> None:
         self.name = name
         self.kind = kind
         self.backend = backend or ("classical" if kind == "classical" else "torch")
@@ -161,6 +202,8 @@ class Predictor:
         self.calibration = calibration
         self.source = source
         self.channels_last = channels_last
+        self.detector = detector  # torch backend; an ONNX graph carries its detector as a second output
+        self._onnx_score = self.backend == "onnx" and ONNX_SCORE in {o.name for o in model.get_outputs()}
 
     @classmethod
     def from_run(cls, path: str | os.PathLike[str], *, device: str = "auto") -> "Predictor":
@@ -192,8 +235,10 @@ class Predictor:
                     model.to(memory_format=torch.channels_last)
         except (ModelError, DataError) as e:
             raise PredictorError(str(e)) from None
+        detector = _load_detector(run.path / DETECTOR_FILE, model, spec, dev)
         return cls(name=name, kind=kind, model=model, spec=spec, class_names=class_names, info=info, device=dev,
-                   calibration=read_calibration(run.path), source=run.path, channels_last=channels_last)
+                   calibration=read_calibration(run.path), source=run.path, channels_last=channels_last,
+                   detector=detector)
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str], *, backend: str = "auto", device: str = "auto") -> "Predictor":
@@ -239,7 +284,8 @@ class Predictor:
         model = _load_torch(name, args, folder / HUB_WEIGHTS, dev)
         info = {"name": name, "kind": kind, "args": args, "class_names": class_names, "preprocess": spec.model_dump()}
         return cls(name=name, kind=kind, model=model, spec=spec, class_names=class_names, info=info, device=dev,
-                   calibration=read_calibration(folder, HUB_CALIBRATION), source=folder)
+                   calibration=read_calibration(folder, HUB_CALIBRATION), source=folder,
+                   detector=_load_detector(folder / HUB_DETECTOR, model, spec, dev))
 
     @classmethod
     def _from_onnx(cls, path: Path, *, calibration_dir: Path | None = None) -> "Predictor":
@@ -326,14 +372,71 @@ class Predictor:
         t = self.calibration.temperature if calibrated and self.calibration else 1.0
         return self.proba_from_scores(self.scores(images, batch_size=batch_size), t)
 
+    @property
+    def has_features(self) -> bool:
+        """Whether the model is a torch network that returns its features (what a detector reads)."""
+        return self.backend == "torch" and model_has_features(self.model)
+
+    @property
+    def has_detector(self) -> bool:
+        """Whether a non-digit detector is loaded (torch) or in the graph (ONNX)."""
+        return self.detector is not None or self._onnx_score
+
+    def scores_and_nondigit(self, images: np.ndarray, *, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+        """Scores (as ``scores``) and the detector's non-digit scores ``(N,)``, in one pass.
+
+        Raises:
+            PredictorError: a model without a detector.
+        """
+        images = self._check(images)
+        if self._onnx_score:
+            outs = [self.model.run([ONNX_OUTPUT, ONNX_SCORE],
+                                   {ONNX_INPUT: self.spec.normalize_array(images[i:i + batch_size])})
+                    for i in range(0, len(images), batch_size)]
+            if not outs:
+                return np.empty((0, self.n_classes), np.float32), np.empty(0, np.float32)
+            return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+        if self.detector is None:
+            raise PredictorError(f"{self.source or self.name}: no non-digit detector (`digitlab evaluate` fits one)")
+        logits, score = predict_features(self.model, images, self.spec, device=self.device, batch_size=batch_size,
+                                         channels_last=self.channels_last, head=self.detector)
+        return logits.numpy(), score.numpy()
+
+    def features(self, images: np.ndarray, *, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+        """Logits ``(N, n_classes)`` and the network's features ``(N, F)`` (``forward_features``), batched.
+
+        Raises:
+            PredictorError: not a torch network with features (classical models, ONNX files).
+        """
+        images = self._check(images)
+        if not self.has_features:
+            raise PredictorError(f"{self.name}: a {self.backend} model has no features to read")
+        logits, feats = predict_features(self.model, images, self.spec, device=self.device, batch_size=batch_size,
+                                         channels_last=self.channels_last)
+        return logits.numpy(), feats.numpy()
+
     def classify(self, images: np.ndarray, *, batch_size: int = 1000) -> np.ndarray:
         """Predicted class indices ``(N,)`` (no calibration, no rejection)."""
         return self.scores(images, batch_size=batch_size).argmax(axis=1)
 
     @property
     def threshold(self) -> float | None:
-        """The confidence below which a prediction is rejected by default (from validation), or None."""
-        return self.calibration.threshold if self.calibration else None
+        """The confidence below which a prediction is rejected by default (from validation), or None. With
+        the detector, the relaxed threshold of the combined rule; a calibration that names a detector this
+        Predictor lacks gives the threshold chosen for confidence alone."""
+        cal = self.calibration
+        if cal is None:
+            return None
+        if cal.detector_threshold is not None and not self.has_detector and cal.threshold_without_detector is not None:
+            return cal.threshold_without_detector
+        return cal.threshold
+
+    @property
+    def detector_threshold(self) -> float | None:
+        """The non-digit score above which a prediction is rejected (chosen on validation), or None when
+        the model has no detector or no threshold for it."""
+        cal = self.calibration
+        return cal.detector_threshold if cal is not None and self.has_detector else None
 
     def predict(self, images: np.ndarray, *, top_k: int = 3, min_confidence: float | None = None,
                 batch_size: int = 1000) -> Predictions:
@@ -341,12 +444,22 @@ class Predictor:
 
         Args:
             min_confidence: reject below this calibrated confidence (default: the run's threshold
-                chosen on validation; none when the run was not evaluated).
+                chosen on validation; none when the run was not evaluated). The non-digit detector,
+                when the run has one, rejects by its own threshold either way.
         """
         threshold = self.threshold if min_confidence is None else min_confidence
-        proba = self.predict_proba(images, batch_size=batch_size)
+        t_det = self.detector_threshold
+        nondigit = None
+        if t_det is not None:
+            scores, nondigit = self.scores_and_nondigit(images, batch_size=batch_size)
+        else:
+            scores = self.scores(images, batch_size=batch_size)
+        proba = self.proba_from_scores(scores, self.calibration.temperature if self.calibration else 1.0)
         rejected = proba.max(axis=1) < threshold if threshold is not None else np.zeros(len(proba), bool)
-        return Predictions(self.class_names, proba, rejected, threshold, max(1, min(top_k, self.n_classes)))
+        if nondigit is not None:
+            rejected = rejected | (nondigit > t_det)
+        return Predictions(self.class_names, proba, rejected, threshold, max(1, min(top_k, self.n_classes)),
+                           nondigit, t_det)
 
     def prepare(self, source: Any, *, polarity: Polarity = "auto", deskew: bool = False,
                 fix_stroke: bool = True) -> Prepared:
@@ -375,13 +488,16 @@ class Predictor:
         if found:
             batch = np.stack([prepared[i].image for i in found])
             preds = self.predict(batch, top_k=top_k, min_confidence=min_confidence)
+            low, flagged = preds.low_confidence, preds.not_digit_like
             for j, i in enumerate(found):
                 blob = (prepared[i].stroke or 0.0) > MAX_STROKE
                 rejected = bool(preds.rejected[j]) or blob
-                reason = ("low confidence" if preds.rejected[j] else
-                          f"not digit-like (strokes {prepared[i].stroke:.0f} px wide: a blob?)" if blob else None)
+                reason = (REASON_LOW_CONFIDENCE if low[j] else
+                          f"not digit-like (strokes {prepared[i].stroke:.0f} px wide: a blob?)" if blob else
+                          REASON_DETECTOR if flagged[j] else None)
+                score = None if preds.nondigit_score is None else float(preds.nondigit_score[j])
                 out[i] = ImagePrediction(names[i], prepared[i], preds.labels[j], float(preds.confidence[j]), rejected,
-                                         reason, preds.top(j), preds.proba[j])
+                                         reason, preds.top(j), preds.proba[j], score)
         return out
 
 
@@ -405,6 +521,30 @@ def _load_torch(name: str, args: dict[str, Any], weights: Path, device: torch.de
     return model.to(device).eval()
 
 
+def _load_detector(path: Path, model: Any, spec: PreprocessSpec, device: torch.device) -> NonDigitDetector | None:
+    """The non-digit detector stored beside a network's weights, or None when there is none (or the model
+    has no features to give it).
+
+    Raises:
+        PredictorError: an unreadable detector file, or one made for other features.
+    """
+    if not path.is_file() or not model_has_features(model):
+        return None
+    try:
+        detector = load_detector(path, device=device)
+    except DetectorError as e:
+        raise PredictorError(str(e)) from None
+    with torch.no_grad():  # one blank image: the features must be as wide as the detector reads
+        was_training = model.training
+        model.eval()
+        _, feats = model.forward_features(torch.zeros(1, 1, *spec.input_size, device=device))
+        model.train(was_training)
+    if feats.shape[1] != detector.n_features:
+        raise PredictorError(f"{path}: a detector for {detector.n_features} features; this model gives "
+                             f"{feats.shape[1]} (run `digitlab evaluate` again)")
+    return detector
+
+
 def _onnx_providers(ort: Any) -> list[str]:
     available = ort.get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available] or available
@@ -416,7 +556,9 @@ def _calibration_from_json(text: str | None) -> Calibration | None:
     try:
         data = json.loads(text)
         return Calibration(**{k: data[k] for k in ("temperature", "fitted_on", "n", "nll_before", "nll_after")},
-                           threshold=data.get("threshold"), threshold_rule=data.get("threshold_rule"))
+                           threshold=data.get("threshold"), threshold_rule=data.get("threshold_rule"),
+                           detector_threshold=data.get("detector_threshold"),
+                           threshold_without_detector=data.get("threshold_without_detector"))
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -436,5 +578,9 @@ def read_calibration(folder: str | os.PathLike[str], name: str = CALIBRATION) ->
 def write_calibration(run_path: str | os.PathLike[str], calibration: Calibration) -> Path:
     """Store a fitted temperature in the run directory (atomically)."""
     path = Path(run_path) / CALIBRATION
-    atomic_write_text(path, json.dumps(asdict(calibration), indent=2) + "\n")
+    data = asdict(calibration)
+    for key in ("detector_threshold", "threshold_without_detector"):  # as before the detector, without one
+        if data[key] is None:
+            del data[key]
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return path

@@ -4,6 +4,7 @@ Usage::
 
     create_model("cnn", blocks=[{"filters": 32}, {"filters": 64}], dense=[128])
     create_model("lenet5")
+    logits, features = model.forward_features(x)   # (B, n_classes), (B, F): what a non-digit detector reads
 """
 
 from typing import Literal
@@ -12,7 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from digitlab.models.layers import Activation, Init, apply_init, make_activation
+from digitlab.models.layers import Activation, Init, apply_init, make_activation, run_with_taps
 from digitlab.models.registry import ModelConfig, register_model
 
 
@@ -55,6 +56,7 @@ class CNN(nn.Module):
     def __init__(self, cfg: CNNConfig) -> None:
         super().__init__()
         layers: list[nn.Module] = []
+        taps: list[int] = []  # index of each block's last activation in self.features
         channels = 1
         for block in cfg.blocks:
             pool = None if block.pool == "none" else (nn.MaxPool2d(2) if block.pool == "max" else nn.AvgPool2d(2))
@@ -68,6 +70,7 @@ class CNN(nn.Module):
                     layers.append(nn.BatchNorm2d(block.filters))
                 layers.append(make_activation(cfg.activation))
                 channels = block.filters
+            taps.append(len(layers) - 1)
             if pool is not None:
                 layers.append(pool)
             if block.dropout > 0:
@@ -75,6 +78,7 @@ class CNN(nn.Module):
         if cfg.global_pool:
             layers.append(nn.AdaptiveAvgPool2d(1))
         self.features = nn.Sequential(*layers)
+        self.taps = tuple(taps)
         head: list[nn.Module] = [nn.Flatten()]
         width = _flat_features(self.features, cfg.input_size)
         for units in cfg.dense:
@@ -88,6 +92,18 @@ class CNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits ``(B, n_classes)`` and features ``(B, F)``: the input of the last linear layer, then each
+        conv block's last activation averaged over space (``F = penultimate + sum of block filters``)."""
+        return _logits_and_features(self.features, self.head, self.taps, x)
+
+
+def _logits_and_features(features: nn.Sequential, head: nn.Sequential, taps: tuple[int, ...],
+                         x: Tensor) -> tuple[Tensor, Tensor]:
+    h, pooled = run_with_taps(features, x, taps)
+    penultimate = head[:-1](h)  # (B, width of the last linear layer's input)
+    return head[-1](penultimate), torch.cat([penultimate, *pooled], dim=1)
 
 
 @register_model("cnn", CNNConfig)
@@ -122,9 +138,14 @@ class LeNet5(nn.Module):
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(_flat_features(self.features, cfg.input_size), 84), act(),
                                   nn.Linear(84, cfg.n_classes))
+        self.taps = (1, 4, 7)  # the activations of C1, C3 and C5
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits and features ``(B, 84 + 6 + 16 + 120)``: F6's input, then C1, C3 and C5 averaged over space."""
+        return _logits_and_features(self.features, self.head, self.taps, x)
 
 
 @register_model("lenet5", LeNet5Config)

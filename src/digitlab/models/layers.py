@@ -1,11 +1,11 @@
 """Small building blocks shared by the model families.
 
-Usage: ``make_activation("gelu")``, ``apply_init(model, "keras")``.
+Usage: ``make_activation("gelu")``, ``apply_init(model, "keras")``, ``run_with_taps(seq, x, taps)``.
 """
 
 from typing import Literal
 
-from torch import nn
+from torch import Tensor, nn
 
 Activation = Literal["relu", "gelu", "silu", "tanh", "sigmoid", "leaky_relu"]
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -38,3 +38,16 @@ def apply_init(module: nn.Module, init: Init) -> None:
             nn.init.xavier_uniform_(layer.weight)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
+
+
+def run_with_taps(layers: nn.Sequential, x: Tensor, taps: tuple[int, ...]) -> tuple[Tensor, list[Tensor]]:
+    """``layers(x)``, and the global average over space of the output of each layer whose index is in
+    ``taps``: ``(B, C, H, W) -> (B, C)`` each. A plain loop over a fixed structure (no hooks, no
+    stored state), so that ``torch.onnx.export`` traces it like ``forward``."""
+    pooled = []
+    for i, layer in enumerate(layers):
+        x = layer(x)
+        if i in taps:
+            # a sum, not .mean(): opset 18's ReduceMean does not convert down to 17 from the dynamo exporter
+            pooled.append(x.sum(dim=(2, 3)) / (x.shape[2] * x.shape[3]))
+    return x, pooled

@@ -39,6 +39,11 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # (B, 1, H, W) -> (B, n_classes)
         return self.net(x)
 
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits and features: the input of the last linear layer ``(B, last hidden size)``."""
+        penultimate = self.net[:-1](x)
+        return self.net[-1](penultimate), penultimate
+
 
 @register_model("mlp", MLPConfig)
 def build_mlp(cfg: MLPConfig) -> MLP:

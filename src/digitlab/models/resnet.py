@@ -1,10 +1,13 @@
 """A small residual network for 28x28 inputs; width and depth configurable.
 
-Usage: ``create_model("resnet", width=32, stages=[2, 2, 2])`` (channels double per stage).
+Usage: ``create_model("resnet", width=32, stages=[2, 2, 2])`` (channels double per stage);
+``logits, features = model.forward_features(x)`` for a non-digit detector.
 """
 
+import torch
 from torch import Tensor, nn
 
+from digitlab.models.layers import run_with_taps
 from digitlab.models.registry import ModelConfig, register_model
 
 
@@ -43,18 +46,30 @@ class ResNet(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(1, cfg.width, 3, padding=1, bias=False), nn.BatchNorm2d(cfg.width),
                                   nn.ReLU(inplace=True))
         blocks: list[nn.Module] = []
+        ends: list[int] = []  # index of each stage's last block in self.blocks
         c = cfg.width
         for i, n_blocks in enumerate(cfg.stages):
             c_out = cfg.width * 2**i
             for j in range(n_blocks):
                 blocks.append(BasicBlock(c, c_out, stride=2 if (i > 0 and j == 0) else 1))
                 c = c_out
+            if n_blocks:
+                ends.append(len(blocks) - 1)
         self.blocks = nn.Sequential(*blocks)
+        # the last stage's pooled output is the penultimate feature already
+        self.taps = tuple(ends[:-1])
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout),
                                   nn.Linear(c, cfg.n_classes))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.blocks(self.stem(x)))
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits and features ``(B, F)``: the input of the last linear layer (the last stage averaged over
+        space), then each earlier stage's output averaged over space."""
+        h, pooled = run_with_taps(self.blocks, self.stem(x), self.taps)
+        penultimate = self.head[:-1](h)
+        return self.head[-1](penultimate), torch.cat([penultimate, *pooled], dim=1)
 
 
 @register_model("resnet", ResNetConfig)

@@ -55,10 +55,17 @@ class RowRNN(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.head(self._readout(x))
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits and features: the read-out state ``(B, hidden * directions)``, the head's input."""
+        feat = self._readout(x)
+        return self.head(feat), feat
+
+    def _readout(self, x: Tensor) -> Tensor:
         seq = x.flatten(1, 2) if x.dim() == 4 else x  # (B, 1, H, W) -> (B, H, W): H steps of W pixels
         out, _ = self.rnn(seq)  # (B, H, hidden * directions)
-        feat = out.mean(dim=1) if self.readout == "mean" else out[:, -1]
-        return self.head(feat)
+        return out.mean(dim=1) if self.readout == "mean" else out[:, -1]
 
 
 @register_model("rnn", RNNConfig)

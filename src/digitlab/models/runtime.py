@@ -4,6 +4,7 @@ Usage::
 
     device = resolve_device("auto")                      # CUDA when present, else CPU
     logits = predict_logits(model, images_uint8, spec, device=device)
+    logits, features = predict_features(model, images_uint8, spec, device=device)   # networks with features
 
 Shared by training (validation, test) and inference (the Predictor): one code path from raw
 uint8 images through the preprocessing spec to logits.
@@ -43,6 +44,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None  # on CPU, fp32 measured faster for these small models (benchmarks/)
 
 
+def has_features(model: object) -> bool:
+    """Whether ``model`` is a network that returns its features (``forward_features(x) -> (logits, features)``)."""
+    return isinstance(model, nn.Module) and callable(getattr(model, "forward_features", None))
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, spec: PreprocessSpec, *,
                    device: torch.device, batch_size: int = 1000, amp: torch.dtype | None = None,
@@ -58,3 +64,27 @@ def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, spec: Pr
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             out.append(model(x).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
+
+
+@torch.no_grad()
+def predict_features(model: nn.Module, images: np.ndarray | torch.Tensor, spec: PreprocessSpec, *,
+                     device: torch.device, batch_size: int = 1000, channels_last: bool = False,
+                     head: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(N, n_classes)`` and features ``(N, F)`` (float32, on CPU) of raw uint8 images, batched, in
+    one pass of ``model.forward_features``. With ``head`` (a module taking ``(features, logits)``), its output
+    ``(N, ...)`` comes back in place of the features: a detector's scores, without keeping every feature."""
+    model.eval()
+    x_all = torch.as_tensor(images)
+    logits, features = [], []
+    for start in range(0, len(x_all), batch_size):
+        x = spec.normalize(x_all[start : start + batch_size].to(device))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        z, f = model.forward_features(x)  # type: ignore[operator]
+        if head is not None:
+            f = head(f, z)
+        logits.append(z.float().cpu())
+        features.append(f.float().cpu())
+    if not logits:
+        return torch.empty(0), torch.empty(0)
+    return torch.cat(logits), torch.cat(features)

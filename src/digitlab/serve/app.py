@@ -523,7 +523,7 @@ def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | 
         if pixels is not None:
             preds = await run_limited(s, lambda: p.predict(pixels, top_k=k, min_confidence=opts.min_confidence))
             r = preds.record(0)
-            r.update(reason="low confidence" if r["rejected"] else None, found=True,
+            r.update(reason=preds.reason(0), found=True,
                      prepared=encode_prepared(pixels, opts.return_prepared))
             return r
         assert data is not None
