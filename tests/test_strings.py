@@ -7,6 +7,7 @@ anything else (two rings, a blot, a cross) is nothing in particular (probability
 
 import io
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -280,3 +281,29 @@ def test_touching_mnist_strings_with_the_count_known(mnist_dataset, small_cnn) -
     # five digits cannot be read when two touch within less than SPLIT_WIDTH_COUNTED line heights (two 1s)
     assert wrong_length <= 2, (strings, digits, wrong_length)
     assert digits >= 0.6, (strings, digits)
+
+
+def test_a_predictor_with_a_detector_has_its_scores_weigh_in(mnist_dataset, small_cnn) -> None:
+    """With the detector's scores, pieces it finds un-digit-like lose to the others: every piece marked
+    as a non-digit beyond doubt makes the reader drop all but the least penalised ones."""
+
+    class WithDetector:
+        def __init__(self, inner, score) -> None:
+            self.inner, self.score, self.calls = inner, score, 0
+            self.spec, self.class_names, self.detector_threshold = inner.spec, inner.class_names, 0.0
+
+        def predict_proba(self, images):
+            raise AssertionError("a predictor with a detector is asked for both at once")
+
+        def predict(self, images):
+            self.calls += 1
+            proba = self.inner.predict_proba(images)
+            return SimpleNamespace(proba=proba, nondigit_score=np.full(len(images), self.score))
+
+    rng = np.random.default_rng(5)
+    line, _ = compose_line(mnist_dataset.test_images[:4], rng, gap=(6, 10))
+    plain = read_digits(255 - line, small_cnn).text
+    neutral = WithDetector(small_cnn, -30.0)  # digit-like beyond doubt: log P(digit) = 0, nothing changes
+    assert read_digits(255 - line, neutral).text == plain and neutral.calls == 1
+    hostile = WithDetector(small_cnn, 30.0)  # every piece costs 60 nats: fewer digits win
+    assert len(read_digits(255 - line, hostile).text) < len(plain)
