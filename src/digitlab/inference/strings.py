@@ -29,8 +29,9 @@ The steps, in order:
    the highest total score, found by dynamic programming: each piece scores its best class's
    log-probability, MNIST's aspect for that class and its size against the line height, plus
    ``DIGIT_BONUS``, plus (when the run has a non-digit detector) ``DETECTOR_WEIGHT`` times the
-   detector's log-probability that the piece is one digit at all; each boundary scores the log-probability that it is one (a wide gap, a cut
-   crossing little ink) and each boundary inside a piece that it is not. With ``n_digits`` given,
+   detector's log-probability that the piece is one digit at all; each boundary scores the
+   log-probability that it is one (a wide gap, a cut crossing little ink) and each boundary inside
+   a piece that it is not. With ``n_digits`` given,
    the best reading with exactly that many digits (over all runs) is chosen instead, and wider
    groups are tried for cuts (``SPLIT_WIDTH_COUNTED``).
 
