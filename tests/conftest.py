@@ -135,3 +135,30 @@ def assert_one_line_error(result, needle: str) -> None:
     assert len(lines) == 1, result.output
     assert lines[0].startswith("digitlab: error: ") and needle in lines[0], lines[0]
     assert "Traceback" not in result.output and not result.stdout
+
+
+SMALL_CNN = ["data.train_subset=5000", "data.n_val=200", "train.batch_size=64", "train.eval_batch_size=500",
+             "model.args={blocks: [{filters: 8, pool_first: true, batch_norm: true}, "
+             "{filters: 16, pool_first: true, batch_norm: true}], dense: []}"]
+
+
+@pytest.fixture(scope="session")
+def small_cnn(mnist_dataset, tmp_path_factory: pytest.TempPathFactory):
+    """A small CNN trained once on 5,000 MNIST digits, for the tests that read real digits."""
+    import torch
+
+    from digitlab.inference import Predictor
+    from digitlab.training import config_from_recipe, train_run
+
+    root = tmp_path_factory.mktemp("small-cnn")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small gains nothing from more, and a busy machine loses (10x CPU)
+    try:
+        with pytest.MonkeyPatch.context() as mp:  # the function-scoped hermetic fixture does not reach here
+            mp.setenv("DIGITLAB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+            mp.setenv("DIGITLAB_MIRRORS", "http://127.0.0.1:9/")
+            run = train_run(config_from_recipe("fast", SMALL_CNN), out_root=root, show_progress=False,
+                            evaluate_test=False)
+    finally:
+        torch.set_num_threads(threads)
+    return Predictor.from_run(run.run_dir)

@@ -23,7 +23,6 @@ from digitlab.inference import prepare as prepare_module
 from digitlab.inference.predictor import Predictor
 from digitlab.inference.prepare import ImageError, Prepared, prepare_image
 from digitlab.models import create_model
-from digitlab.training import config_from_recipe, train_run
 
 WHITE, BLACK = 255, 0
 FIT_BOX = 20  # MNIST's box for the longest side of the ink
@@ -516,9 +515,6 @@ def test_predict_images_corrupt_file_is_an_image_error(untrained: Predictor, tmp
 N_DIGITS = 200
 MAX_DROP = 5.0  # points
 # two small blocks on 5,000 images, one epoch: ~95% test accuracy in seconds
-SMALL_CNN = ["data.train_subset=5000", "data.n_val=200", "train.batch_size=64", "train.eval_batch_size=500",
-             "model.args={blocks: [{filters: 8, pool_first: true, batch_norm: true}, "
-             "{filters: 16, pool_first: true, batch_norm: true}], dense: []}"]
 UP = 112  # 4x the frame
 
 
@@ -559,17 +555,6 @@ RENDERINGS: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
 # and thick moved every stroke edge by 1.5 px themselves (measured: 0.90-0.91, 0.86; the others 0.88-0.99)
 LEAST_CORR = {"thin": 0.8, "thick": 0.8}
 LEAST_CORR_DEFAULT = 0.85
-
-
-@pytest.fixture(scope="module")
-def small_cnn(mnist_dataset, tmp_path_factory: pytest.TempPathFactory) -> Predictor:
-    root = tmp_path_factory.mktemp("runs")
-    with pytest.MonkeyPatch.context() as mp:  # the function-scoped hermetic fixture does not reach here
-        mp.setenv("DIGITLAB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        mp.setenv("DIGITLAB_MIRRORS", "http://127.0.0.1:9/")
-        run = train_run(config_from_recipe("fast", SMALL_CNN), out_root=root, show_progress=False,
-                        evaluate_test=False)
-    return Predictor.from_run(run.run_dir)
 
 
 @pytest.fixture(scope="module")

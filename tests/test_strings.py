@@ -19,7 +19,6 @@ from digitlab.data.preprocess import PreprocessSpec
 from digitlab.inference import Predictor
 from digitlab.inference.prepare import ImageError
 from digitlab.inference.strings import DigitString, compose_line, read_digits
-from digitlab.training import config_from_recipe, train_run
 
 WHITE, BLACK = 255, 0
 SURE = 0.98
@@ -221,26 +220,15 @@ def test_compose_line_is_seeded_and_boxes_hold_each_digit() -> None:
 # ----------------------------------------------------------------------------------------- MNIST
 
 # two small blocks on 5,000 images, one epoch: ~95% test accuracy in seconds
-SMALL_CNN = ["data.train_subset=5000", "data.n_val=200", "train.batch_size=64", "train.eval_batch_size=500",
-             "model.args={blocks: [{filters: 8, pool_first: true, batch_norm: true}, "
-             "{filters: 16, pool_first: true, batch_norm: true}], dense: []}"]
 N_STRINGS = 30
 
 
-@pytest.fixture(scope="module")
-def small_cnn(mnist_dataset, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Predictor]:
-    root = tmp_path_factory.mktemp("runs")
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small gains nothing from more, and a busy machine loses (10x CPU)
-    try:
-        with pytest.MonkeyPatch.context() as mp:  # the function-scoped hermetic fixture does not reach here
-            mp.setenv("DIGITLAB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-            mp.setenv("DIGITLAB_MIRRORS", "http://127.0.0.1:9/")
-            run = train_run(config_from_recipe("fast", SMALL_CNN), out_root=root, show_progress=False,
-                            evaluate_test=False)
-        yield Predictor.from_run(run.run_dir)
-    finally:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(1)  # the small CNN gains nothing from more, and a busy machine loses (10x CPU)
+    yield
+    torch.set_num_threads(threads)
 
 
 def read_composed(dataset, predictor: Predictor, gap: tuple[int, int], seed: int, n_digits: int | None = None,

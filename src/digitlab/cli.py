@@ -227,6 +227,9 @@ def train(
     if list_all:
         _print_named(list_recipes(), "recipes (digitlab train --recipe NAME)")
         return
+    sets = list(overrides or []) + ([f"seed={seed}"] if seed is not None else [])
+    if resume is not None and sets:
+        raise typer.BadParameter("--resume continues a run with its own config: drop --set and --seed")
     if nproc is not None:  # run this same command as N ranks, once the config is known to be good
         from digitlab.core.rundir import RunDir
         from digitlab.models.registry import make_config
@@ -234,24 +237,18 @@ def train(
         if resume is not None:
             RunDir.open(resume)
         else:
-            cfg = config_from_recipe(recipe, list(overrides or []) + ([f"seed={seed}"] if seed is not None else []))
+            cfg = config_from_recipe(recipe, sets)
             make_config(cfg.model.name, **cfg.model.args)
-        args = ["train", "--recipe", recipe, "--out", str(out_root)]
-        args += [a for s in overrides or [] for a in ("--set", s)]
-        args += (["--resume", str(resume)] if resume is not None else []) + (["--seed", str(seed)] if seed is not None
-                                                                              else [])
-        launch_local(nproc, args + (["--quiet"] if quiet else []))
+        args = ["train", "--recipe", recipe, "--out", str(out_root), *(a for s in sets for a in ("--set", s))]
+        args += (["--resume", str(resume)] if resume is not None else []) + (["--quiet"] if quiet else [])
+        launch_local(nproc, args)
         return
     # One line per epoch always; the live bar only on a terminal (in a log file it is noise).
     show_bar = not quiet and sys.stderr.isatty()
     if resume is not None:
-        if overrides or seed is not None:
-            raise typer.BadParameter("--resume continues a run with its own config: drop --set and --seed")
         result = resume_run(resume, show_progress=show_bar, log=_log)
     else:
-        sets = list(overrides or []) + ([f"seed={seed}"] if seed is not None else [])
-        cfg = config_from_recipe(recipe, sets)
-        result = train_run(cfg, out_root=out_root, show_progress=show_bar, log=_log)
+        result = train_run(config_from_recipe(recipe, sets), out_root=out_root, show_progress=show_bar, log=_log)
     if not is_main_process():  # the other ranks of a data-parallel run say nothing
         return
     out.print(f"run directory: {result.run_dir}")

@@ -10,6 +10,8 @@ Shared by training (validation, test) and inference (the Predictor): one code pa
 uint8 images through the preprocessing spec to logits.
 """
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from torch import nn
@@ -49,18 +51,23 @@ def has_features(model: object) -> bool:
     return isinstance(model, nn.Module) and callable(getattr(model, "forward_features", None))
 
 
+def _model_inputs(images: np.ndarray | torch.Tensor, spec: PreprocessSpec, device: torch.device, batch_size: int,
+                  channels_last: bool) -> Iterator[torch.Tensor]:
+    """Raw uint8 images as normalised model inputs on ``device``, ``batch_size`` at a time."""
+    x_all = torch.as_tensor(images)
+    for start in range(0, len(x_all), batch_size):
+        x = spec.normalize(x_all[start : start + batch_size].to(device))
+        yield x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, spec: PreprocessSpec, *,
                    device: torch.device, batch_size: int = 1000, amp: torch.dtype | None = None,
                    channels_last: bool = False) -> torch.Tensor:
     """Logits ``(N, n_classes)`` (float32, on CPU) for raw uint8 images, batched."""
     model.eval()
-    x_all = torch.as_tensor(images)
     out = []
-    for start in range(0, len(x_all), batch_size):
-        x = spec.normalize(x_all[start : start + batch_size].to(device))
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+    for x in _model_inputs(images, spec, device, batch_size, channels_last):
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             out.append(model(x).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
@@ -74,12 +81,8 @@ def predict_features(model: nn.Module, images: np.ndarray | torch.Tensor, spec: 
     one pass of ``model.forward_features``. With ``head`` (a module taking ``(features, logits)``), its output
     ``(N, ...)`` comes back in place of the features: a detector's scores, without keeping every feature."""
     model.eval()
-    x_all = torch.as_tensor(images)
     logits, features = [], []
-    for start in range(0, len(x_all), batch_size):
-        x = spec.normalize(x_all[start : start + batch_size].to(device))
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+    for x in _model_inputs(images, spec, device, batch_size, channels_last):
         z, f = model.forward_features(x)  # type: ignore[operator]
         if head is not None:
             f = head(f, z)

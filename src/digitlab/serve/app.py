@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -398,25 +398,22 @@ def batcher_for(request: Request, predictor: Predictor) -> MicroBatcher:
 async def predict_batched(request: Request, predictor: Predictor, settings: ServeSettings,
                           job: ImageJob) -> ImagePrediction:
     """``job`` through the micro-batcher, answered 504 after ``settings.timeout_s`` and 422 for a bad image."""
-    try:
-        return await asyncio.wait_for(batcher_for(request, predictor).submit(job), settings.timeout_s)
-    except TimeoutError:
-        raise ClientError(504, f"the model took longer than {settings.timeout_s:g} s; try a smaller image") \
-            from None
-    except (ImageError, PredictorError) as e:
-        raise ClientError(422, one_line(str(e))) from None
+    return await _answered(settings, batcher_for(request, predictor).submit(job))
 
 
 async def run_limited(settings: ServeSettings, fn: Callable[[], T]) -> T:
     """``fn`` in the thread pool, answered 504 after ``settings.timeout_s`` (the thread finishes on its own)."""
+    return await _answered(settings, run_in_threadpool(fn))
+
+
+async def _answered(settings: ServeSettings, work: Awaitable[T]) -> T:
+    """``work``'s result; past ``settings.timeout_s`` a 504, and a bad image or model input a 422."""
     try:
-        return await asyncio.wait_for(run_in_threadpool(fn), settings.timeout_s)
+        return await asyncio.wait_for(work, settings.timeout_s)
     except TimeoutError:
         raise ClientError(504, f"the model took longer than {settings.timeout_s:g} s; try a smaller image") \
             from None
-    except ImageError as e:
-        raise ClientError(422, one_line(str(e))) from None
-    except PredictorError as e:
+    except (ImageError, PredictorError) as e:
         raise ClientError(422, one_line(str(e))) from None
 
 
