@@ -214,6 +214,31 @@ def test_specks_far_from_the_digit_are_dropped() -> None:
     assert corr(a.image, b.image) > 0.99
 
 
+def faint_topped_ring(pen: int, faint: int = 200) -> np.ndarray:
+    """A ring (a "0") whose top quarter was drawn faint (grey ``faint``, as a fading pen leaves it), ``pen``
+    px wide at 112x112, anti-aliased."""
+    big = Image.new("L", (448, 448), WHITE)
+    d = ImageDraw.Draw(big)
+    oval = (100, 60, 348, 388)
+    d.arc(oval, 0, 360, fill=BLACK, width=4 * pen)
+    d.arc(oval, 225, 315, fill=WHITE, width=4 * pen + 4)  # the top quarter, erased...
+    d.arc(oval, 225, 315, fill=faint, width=4 * pen)  # ...and redrawn faint
+    return np.asarray(big.resize((112, 112), Image.Resampling.BOX))
+
+
+@pytest.mark.parametrize(("pen", "fix_stroke", "least"), [(3, True, 0.35), (8, False, 0.15)],
+                         ids=["thin-thickened", "mnist-width"])
+def test_a_faint_stroke_stays_part_of_the_digit(pen: int, fix_stroke: bool, least: float) -> None:
+    # The top is ink at about 0.2 of the range: below the threshold that finds the digit, so the crop used
+    # to cut it off and a 0 became a U. A thin digit is thickened, and its faint ink raised (gamma).
+    p = found(faint_topped_ring(pen), fix_stroke=fix_stroke)
+    img = p.image.astype(np.float64)
+    top, bottom = img[:9, 11:18].max(), img[19:, 11:18].max()
+    assert top >= least * bottom, (top, bottom, p.notes)
+    assert ("thickened" in p.notes) == fix_stroke
+    assert p.box is not None and p.box[1] <= 18, p.box  # the ink's box starts at the faint top (y 15-18)
+
+
 @pytest.mark.parametrize(("h", "w"), [(120, 90), (1000, 700)], ids=["small", "reduced-internally"])
 def test_box_is_in_source_pixels(h: int, w: int) -> None:
     top, left, height, width = h // 4, w // 3, h // 2, w // 8

@@ -50,11 +50,12 @@ from scipy import ndimage as ndi
 
 from digitlab.data.preprocess import PreprocessSpec
 from digitlab.inference.prepare import (
+    FAINT_LEVEL,
     ImageError,
-    Ink,
     Polarity,
     edge_width,
     fit_digit,
+    grow_into_faint,
     ink_map,
     load_gray,
     reduce_large,
@@ -82,7 +83,6 @@ BOUNDARY_SLOPE = 2.0  # sigmoid(BOUNDARY_BIAS - BOUNDARY_SLOPE * strokes it cros
 MAX_GAP = 0.5  # groups further apart than this many line heights are never one digit
 GAP_BIAS = 0.0  # a gap between groups is a boundary between digits with probability
 GAP_SLOPE = 20.0  # sigmoid(GAP_BIAS + GAP_SLOPE * gap / line height)
-FAINT = 0.1  # ink above this that touches the mask joins it (hysteresis)
 OWN_REACH = 0.15  # a group's ink: every pixel nearer to it than to any other group, within this many line heights
 STROKE_LEVEL = 0.3  # a piece's strokes are its ink over this share of its peak (its size is theirs)
 MIN_SIZE = 0.4  # a piece whose longer side is under this share of the line is a mark (a dash, a dot, a
@@ -541,18 +541,6 @@ def _fit(pieces: list[_Piece], spec: PreprocessSpec) -> np.ndarray:
     return np.stack([fit_digit(p.crop, spec)[0] for p in pieces])
 
 
-def _hysteresis(ink: Ink) -> np.ndarray:
-    """The ink mask grown into the fainter ink connected to it (``ink > FAINT``): a faint or thin digit,
-    or a stroke thinner at one point, stays whole, while faint noise away from strokes stays out."""
-    faint, n = ndi.label(ink.ink > FAINT, structure=np.ones((3, 3), bool))
-    if n == 0:
-        return ink.mask
-    hit = np.zeros(n + 1, bool)
-    hit[np.unique(faint[ink.mask])] = True
-    hit[0] = False
-    return hit[faint] | ink.mask
-
-
 def read_digits(source: str | os.PathLike[str] | bytes | Image.Image | np.ndarray, predictor: Classifier, *,
                 polarity: Polarity = "auto", min_confidence: float | None = None, n_digits: int | None = None,
                 max_digits: int = 64) -> DigitString:
@@ -584,7 +572,7 @@ def read_digits(source: str | os.PathLike[str] | bytes | Image.Image | np.ndarra
     notes = list(ink.notes)
     if not ink.found:
         return DigitString("", [], 1.0, False, ink.inverted, tuple(notes))
-    mask = _hysteresis(ink)
+    mask = grow_into_faint(ink.ink, ink.mask, FAINT_LEVEL)
     labels, n = ndi.label(mask, structure=np.ones((3, 3), bool))
     boxes = np.array([[s[0].start, s[0].stop, s[1].start, s[1].stop] for s in ndi.find_objects(labels)])
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
