@@ -20,10 +20,11 @@ The steps, in order:
    reaches 1, and a threshold (Otsu) that zeroes the background where noise makes it help.
    Too little contrast over the noise is "no digit found".
 3. crop (``crop_digit``): connected components of the ink; specks far smaller than the digit are
-   dropped; the crop is the box of what remains.
+   dropped; the crop is the box of what remains, grown into the faint ink connected to it.
 4. fit (``fit_digit``): longest side to the spec's box (20 px) with the aspect kept, at 4x
    resolution first, where the stroke width is measured (area over skeleton length) and brought
-   into MNIST's range when it is far off, and an optional moment-based deskew is applied; then
+   into MNIST's range when it is far off (thin strokes: faint ink raised, then a grey dilation;
+   thick ones: a grey erosion), and an optional moment-based deskew is applied; then
    reduced with anti-aliasing and placed by its centre of mass (MNIST's digits have theirs at
    pixel (14, 14)).
 """
