@@ -64,7 +64,7 @@ from digitlab.inference.formats import (
     ONNX_OUTPUT,
     ONNX_SCORE,
 )
-from digitlab.inference.predictor import CALIBRATION, Predictor
+from digitlab.inference.predictor import CALIBRATION, Predictor, run_onnx
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 17
@@ -280,18 +280,13 @@ def session(path: str | os.PathLike[str]) -> ort.InferenceSession:
 
 def onnx_scores(sess: ort.InferenceSession, images: np.ndarray, predictor: Predictor) -> np.ndarray:
     """Logits ``(N, n_classes)`` of an ONNX session for raw uint8 images, normalised by the run's spec."""
-    out = [sess.run([ONNX_OUTPUT], {ONNX_INPUT: _normalized(predictor, images[i : i + BATCH])})[0]
-           for i in range(0, len(images), BATCH)]
-    return np.concatenate(out) if out else np.empty((0, predictor.n_classes), dtype=np.float32)
+    return run_onnx(sess, images, predictor.spec, [ONNX_OUTPUT], batch_size=BATCH)[0]
 
 
 def onnx_outputs(sess: ort.InferenceSession, images: np.ndarray, predictor: Predictor) -> tuple[np.ndarray, np.ndarray]:
     """Logits ``(N, n_classes)`` and non-digit scores ``(N,)`` of a session whose graph has the detector."""
-    out = [sess.run([ONNX_OUTPUT, ONNX_SCORE], {ONNX_INPUT: _normalized(predictor, images[i : i + BATCH])})
-           for i in range(0, len(images), BATCH)]
-    if not out:
-        return np.empty((0, predictor.n_classes), np.float32), np.empty(0, np.float32)
-    return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
+    logits, score = run_onnx(sess, images, predictor.spec, [ONNX_OUTPUT, ONNX_SCORE], batch_size=BATCH)
+    return logits, score
 
 
 def quantize_int8(fp32_path: Path, target: Path, predictor: Predictor, data: Dataset, cfg: RunConfig, *,

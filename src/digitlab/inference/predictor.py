@@ -102,7 +102,6 @@ class Predictions:
 
     class_names: list[str]
     proba: np.ndarray  # (N, n_classes), calibrated when the model has a calibration
-    rejected: np.ndarray  # (N,) bool: confidence below the threshold, or flagged by the detector
     threshold: float | None
     k: int = 3
     nondigit_score: np.ndarray | None = None  # (N,) the detector's score (higher: less digit-like), or None
@@ -119,6 +118,11 @@ class Predictions:
         if self.nondigit_score is None or self.detector_threshold is None:
             return np.zeros(len(self), bool)
         return self.nondigit_score > self.detector_threshold
+
+    @property
+    def rejected(self) -> np.ndarray:
+        """(N,) bool: confidence below the threshold, or flagged by the detector."""
+        return self.low_confidence | self.not_digit_like
 
     def reason(self, i: int) -> str | None:
         """Why item ``i`` is rejected (None when it is not)."""
@@ -342,9 +346,7 @@ class Predictor:
         if self.backend == "classical":
             return np.asarray(self.model.predict_scores(images), dtype=np.float64)
         if self.backend == "onnx":
-            out = [self.model.run([ONNX_OUTPUT], {ONNX_INPUT: self.spec.normalize_array(images[i:i + batch_size])})[0]
-                   for i in range(0, len(images), batch_size)]
-            return np.concatenate(out) if out else np.empty((0, self.n_classes), np.float32)
+            return run_onnx(self.model, images, self.spec, [ONNX_OUTPUT], batch_size=batch_size)[0]
         return predict_logits(self.model, images, self.spec, device=self.device, batch_size=batch_size,
                               channels_last=self.channels_last).numpy()
 
@@ -390,12 +392,8 @@ class Predictor:
         """
         images = self._check(images)
         if self._onnx_score:
-            outs = [self.model.run([ONNX_OUTPUT, ONNX_SCORE],
-                                   {ONNX_INPUT: self.spec.normalize_array(images[i:i + batch_size])})
-                    for i in range(0, len(images), batch_size)]
-            if not outs:
-                return np.empty((0, self.n_classes), np.float32), np.empty(0, np.float32)
-            return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+            logits, score = run_onnx(self.model, images, self.spec, [ONNX_OUTPUT, ONNX_SCORE], batch_size=batch_size)
+            return logits, score
         if self.detector is None:
             raise PredictorError(f"{self.source or self.name}: no non-digit detector (`digitlab evaluate` fits one)")
         logits, score = predict_features(self.model, images, self.spec, device=self.device, batch_size=batch_size,
@@ -455,11 +453,7 @@ class Predictor:
         else:
             scores = self.scores(images, batch_size=batch_size)
         proba = self.proba_from_scores(scores, self.calibration.temperature if self.calibration else 1.0)
-        rejected = proba.max(axis=1) < threshold if threshold is not None else np.zeros(len(proba), bool)
-        if nondigit is not None:
-            rejected = rejected | (nondigit > t_det)
-        return Predictions(self.class_names, proba, rejected, threshold, max(1, min(top_k, self.n_classes)),
-                           nondigit, t_det)
+        return Predictions(self.class_names, proba, threshold, max(1, min(top_k, self.n_classes)), nondigit, t_det)
 
     def prepare(self, source: Any, *, polarity: Polarity = "auto", deskew: bool = False,
                 fix_stroke: bool = True) -> Prepared:
@@ -499,6 +493,23 @@ class Predictor:
                 out[i] = ImagePrediction(names[i], prepared[i], preds.labels[j], float(preds.confidence[j]), rejected,
                                          reason, preds.top(j), preds.proba[j], score)
         return out
+
+
+def run_onnx(session: Any, images: np.ndarray, spec: PreprocessSpec, outputs: list[str], *,
+             batch_size: int = 1000) -> list[np.ndarray]:
+    """The named outputs of an ONNX Runtime session for raw uint8 images (normalised by ``spec``, the same
+    code path as the torch backend), run ``batch_size`` at a time and concatenated, in ``outputs``' order."""
+    runs = [session.run(outputs, {ONNX_INPUT: spec.normalize_array(images[i:i + batch_size])})
+            for i in range(0, len(images), batch_size)]
+    if not runs:
+        return [_empty_output(session, name) for name in outputs]
+    return [np.concatenate([r[k] for r in runs]) for k in range(len(outputs))]
+
+
+def _empty_output(session: Any, name: str) -> np.ndarray:
+    """A zero-row array shaped like the session's output ``name`` (its non-batch dimensions as declared)."""
+    shape = next(o.shape for o in session.get_outputs() if o.name == name)
+    return np.empty((0, *(d if isinstance(d, int) else 0 for d in shape[1:])), np.float32)
 
 
 def _trained_channels_last(run: RunDir) -> bool:

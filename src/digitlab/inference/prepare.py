@@ -347,17 +347,18 @@ def crop_digit(ink: Ink) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
         xs = slice(max(sl[1].start - grow, 0), min(sl[1].stop + grow, w))
         speck = ndi.binary_dilation(labels[ys, xs] == i + 1, iterations=grow)
         x[ys, xs][speck & ~keep[ys, xs]] = 0
-    rows, cols = np.flatnonzero(keep.any(axis=1)), np.flatnonzero(keep.any(axis=0))
-    y0, y1 = max(int(rows[0]) - grow, 0), min(int(rows[-1]) + 1 + grow, h)
-    x0, x1 = max(int(cols[0]) - grow, 0), min(int(cols[-1]) + 1 + grow, w)
+
+    def box(m: np.ndarray) -> tuple[int, int, int, int]:  # of ``m``'s pixels, and ``grow`` px around them
+        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        return (max(int(rows[0]) - grow, 0), min(int(rows[-1]) + 1 + grow, h),
+                max(int(cols[0]) - grow, 0), min(int(cols[-1]) + 1 + grow, w))
+
+    y0, y1, x0, x1 = box(keep)
     # a stroke too faint for the threshold (a thin pen's line, the top of a 9's loop) is in the box
     level = max(FAINT_LEVEL, 3 * ink.noise)
     faint = x > level
     if int(faint.sum()) > int(faint[y0:y1, x0:x1].sum()):  # some outside the box: label only then
-        boxed = grow_into_faint(x, keep, level)
-        rows, cols = np.flatnonzero(boxed.any(axis=1)), np.flatnonzero(boxed.any(axis=0))
-        y0, y1 = max(int(rows[0]) - grow, 0), min(int(rows[-1]) + 1 + grow, h)
-        x0, x1 = max(int(cols[0]) - grow, 0), min(int(cols[-1]) + 1 + grow, w)
+        y0, y1, x0, x1 = box(grow_into_faint(x, keep, level))
     crop = x[y0:y1, x0:x1]
     # tighten to the visible ink (on a noisy background, to clearly visible ink: noise is faint everywhere)
     visible = crop > 0.05 if ink.noise < 0.01 else ndi.uniform_filter(crop, 3) > max(0.05, min(2 * ink.noise, 0.3))

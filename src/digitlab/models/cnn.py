@@ -13,7 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from digitlab.models.layers import Activation, Init, apply_init, make_activation, run_with_taps
+from digitlab.models.layers import Activation, Init, apply_init, logits_and_features, make_activation
 from digitlab.models.registry import ModelConfig, register_model
 
 
@@ -96,14 +96,7 @@ class CNN(nn.Module):
     def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Logits ``(B, n_classes)`` and features ``(B, F)``: the input of the last linear layer, then each
         conv block's last activation averaged over space (``F = penultimate + sum of block filters``)."""
-        return _logits_and_features(self.features, self.head, self.taps, x)
-
-
-def _logits_and_features(features: nn.Sequential, head: nn.Sequential, taps: tuple[int, ...],
-                         x: Tensor) -> tuple[Tensor, Tensor]:
-    h, pooled = run_with_taps(features, x, taps)
-    penultimate = head[:-1](h)  # (B, width of the last linear layer's input)
-    return head[-1](penultimate), torch.cat([penultimate, *pooled], dim=1)
+        return logits_and_features(self.features, self.head, self.taps, x)
 
 
 @register_model("cnn", CNNConfig)
@@ -145,7 +138,7 @@ class LeNet5(nn.Module):
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Logits and features ``(B, 84 + 6 + 16 + 120)``: F6's input, then C1, C3 and C5 averaged over space."""
-        return _logits_and_features(self.features, self.head, self.taps, x)
+        return logits_and_features(self.features, self.head, self.taps, x)
 
 
 @register_model("lenet5", LeNet5Config)

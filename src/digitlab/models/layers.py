@@ -1,10 +1,12 @@
 """Small building blocks shared by the model families.
 
-Usage: ``make_activation("gelu")``, ``apply_init(model, "keras")``, ``run_with_taps(seq, x, taps)``.
+Usage: ``make_activation("gelu")``, ``apply_init(model, "keras")``, ``run_with_taps(seq, x, taps)``,
+``logits_and_features(body, head, taps, x)``.
 """
 
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 Activation = Literal["relu", "gelu", "silu", "tanh", "sigmoid", "leaky_relu"]
@@ -51,3 +53,12 @@ def run_with_taps(layers: nn.Sequential, x: Tensor, taps: tuple[int, ...]) -> tu
             # a sum, not .mean(): opset 18's ReduceMean does not convert down to 17 from the dynamo exporter
             pooled.append(x.sum(dim=(2, 3)) / (x.shape[2] * x.shape[3]))
     return x, pooled
+
+
+def logits_and_features(body: nn.Sequential, head: nn.Sequential, taps: tuple[int, ...],
+                        x: Tensor) -> tuple[Tensor, Tensor]:
+    """``head(body(x))`` and the features a non-digit detector reads: the input of ``head``'s last (linear)
+    layer, then the outputs of ``body``'s ``taps`` averaged over space."""
+    h, pooled = run_with_taps(body, x, taps)
+    penultimate = head[:-1](h)  # (B, width of the last linear layer's input)
+    return head[-1](penultimate), torch.cat([penultimate, *pooled], dim=1)

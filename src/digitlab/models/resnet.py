@@ -4,10 +4,9 @@ Usage: ``create_model("resnet", width=32, stages=[2, 2, 2])`` (channels double p
 ``logits, features = model.forward_features(x)`` for a non-digit detector.
 """
 
-import torch
 from torch import Tensor, nn
 
-from digitlab.models.layers import run_with_taps
+from digitlab.models.layers import logits_and_features
 from digitlab.models.registry import ModelConfig, register_model
 
 
@@ -67,9 +66,7 @@ class ResNet(nn.Module):
     def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Logits and features ``(B, F)``: the input of the last linear layer (the last stage averaged over
         space), then each earlier stage's output averaged over space."""
-        h, pooled = run_with_taps(self.blocks, self.stem(x), self.taps)
-        penultimate = self.head[:-1](h)
-        return self.head[-1](penultimate), torch.cat([penultimate, *pooled], dim=1)
+        return logits_and_features(self.blocks, self.head, self.taps, self.stem(x))
 
 
 @register_model("resnet", ResNetConfig)
