@@ -62,18 +62,18 @@ def bench_one(run: Path) -> dict:
         seconds = time.perf_counter() - start
         q = r["int8"]
         predictor = Predictor.from_run(run, device="cpu")
-        dataset = load_dataset(predictor.info.get("dataset") or "mnist", download=False)
+        dataset = load_dataset(predictor.info.dataset or "mnist", download=False)
         sample = dataset.test_images[:RATE_SAMPLES]
         fp32, int8 = session(r["onnx"]), session(q["path"])
         rates = {
-            "torch": images_per_s(lambda x: predictor.scores(x, batch_size=RATE_BATCH), sample),
+            "torch": images_per_s(lambda x: predictor.logits(x, batch_size=RATE_BATCH), sample),
             "onnx_fp32": images_per_s(lambda x: onnx_scores(fp32, x, predictor), sample),
             "onnx_int8": images_per_s(lambda x: onnx_scores(int8, x, predictor), sample),
         }
     return {
         "run": str(run),
         "model": r["model"],
-        "n_params": predictor.info.get("n_params"),
+        "n_params": predictor.info.n_params,
         "opset": r["opset"],
         "exporter": r["exporter"],
         "parity_max_abs_diff": r["parity"]["max_abs_diff"],

@@ -34,16 +34,16 @@ from machine_info import machine
 
 
 def rate(predictor: Predictor, images: np.ndarray, batch: int, seconds: float) -> float:
-    """Images/s of ``predictor.scores`` at ``batch``, median of 3 rounds of about ``seconds`` each."""
+    """Images/s of ``predictor.logits`` at ``batch``, median of 3 rounds of about ``seconds`` each."""
     chunks = [images[i:i + batch] for i in range(0, len(images) - batch + 1, batch)]
     for c in chunks[:3]:
-        predictor.scores(c, batch_size=batch)  # warm-up
+        predictor.logits(c, batch_size=batch)  # warm-up
     rounds = []
     for _ in range(3):
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds / 3:
             c = chunks[n % len(chunks)]
-            predictor.scores(c, batch_size=batch)
+            predictor.logits(c, batch_size=batch)
             n += 1
         rounds.append(n * batch / (time.perf_counter() - t0))
     return statistics.median(rounds)

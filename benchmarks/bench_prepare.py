@@ -183,7 +183,7 @@ def main() -> None:
         sys.exit(f"unknown rendering(s) {', '.join(unknown)}: choose from {', '.join(RENDERINGS)}")
 
     predictor = Predictor.from_run(args.run)
-    ds = load_dataset(predictor.info.get("dataset") or "mnist")
+    ds = load_dataset(predictor.info.dataset or "mnist")
     n_test = len(ds.test_images)
     n = min(args.n, n_test)
     idx = np.arange(n_test) if n == n_test else np.sort(np.random.default_rng(args.seed).choice(n_test, n, False))

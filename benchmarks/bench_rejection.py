@@ -125,8 +125,8 @@ def main() -> None:
     if predictor.threshold is None:
         sys.exit(f"{args.run}: no rejection threshold; run `digitlab evaluate {args.run}` first")
     rng = np.random.default_rng(0)
-    ds = load_dataset(predictor.info.get("dataset") or "mnist")
-    result = {"run": args.run, "threshold": predictor.threshold, "rule": predictor.calibration.threshold_rule,
+    ds = load_dataset(predictor.info.dataset or "mnist")
+    result = {"run": args.run, "threshold": predictor.threshold, "rule": predictor.rejection.policy.rule,
               "machine": machine(), "command": " ".join(sys.argv), "kinds": {}}
 
     test = predictor.predict(ds.test_images)

@@ -284,9 +284,9 @@ def main() -> None:
     t_start = time.perf_counter()
 
     predictor = Predictor.from_run(args.run)
-    temperature, t_soft = predictor.calibration.temperature, predictor.threshold
+    temperature, t_soft = predictor.temperature, predictor.threshold
     cfg = yaml.safe_load((Path(args.run) / "config.yaml").read_text())
-    ds = load_dataset(predictor.info.get("dataset") or "mnist")
+    ds = load_dataset(predictor.info.dataset or "mnist")
     train_idx, val_idx = split_train_val(ds.train_labels, n_val=5000, seed=cfg["data"]["split_seed"])
 
     key = f"{args.run}|{args.n}|{args.n_synth_prep}|{args.n_train_prep}"

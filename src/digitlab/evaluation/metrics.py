@@ -2,12 +2,12 @@
 
 Usage::
 
-    t = fit_temperature(val_logits, val_labels)                  # on the validation split only
     m = classification_metrics(test_labels, softmax(test_logits), class_names)
     ece = expected_calibration_error(test_labels, proba)
 
 Everything scikit-learn computes (report, balanced accuracy, top-k, log loss, ROC AUC, confusion
-matrix) comes from scikit-learn; SciPy gives the Wilson interval and the temperature fit. Only the
+matrix) comes from scikit-learn; SciPy gives the Wilson interval. (The temperature is fitted by
+``inference.rejection``, not here: evaluation only measures.) Only the
 expected calibration error, which neither has, is computed here.
 """
 
@@ -15,8 +15,6 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
 from scipy.stats import binomtest
 from sklearn.metrics import (
     accuracy_score,
@@ -62,29 +60,6 @@ def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, n_bins: in
         return math.nan
     return float(sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in reliability_bins(
         y_true, proba, n_bins)))
-
-
-def _nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
-    return float(-np.mean(log_softmax(logits / temperature, axis=1)[np.arange(len(y)), y]))
-
-
-def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> tuple[float, float, float]:
-    """The temperature minimising the negative log-likelihood of ``softmax(logits / T)``.
-
-    Returns:
-        (temperature, nll at T=1, nll at the fitted T). With no samples: (1.0, nan, nan).
-    """
-    logits = np.asarray(logits, dtype=np.float64)
-    y = np.asarray(y_true, dtype=np.int64)
-    if len(y) == 0:
-        return 1.0, math.nan, math.nan
-    res = minimize_scalar(lambda log_t: _nll(logits, y, math.exp(log_t)), bounds=(-4.0, 4.0), method="bounded",
-                          options={"xatol": 1e-4})
-    t = float(math.exp(res.x))
-    before, after = _nll(logits, y, 1.0), _nll(logits, y, t)
-    if after > before:  # never worse than leaving the model alone
-        t, after = 1.0, before
-    return t, before, after
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, class_names: list[str], *,

@@ -1,4 +1,4 @@
-"""A hub-ready folder of a torch run: weights, ONNX, preprocessing, calibration and a model card.
+"""A hub-ready folder of a torch run: weights, ONNX, the model description, the rejection file and a model card.
 
 Usage::
 
@@ -6,8 +6,7 @@ Usage::
     Predictor.from_path(folder)                                   # reads it back
 
 The layout is the one ``digitlab.inference.formats`` documents (config.json, model.safetensors,
-model.onnx, preprocessing.json, calibration.json when the run has one, detector.safetensors when it
-has a non-digit detector, README.md). The folder is
+model.onnx, rejection.safetensors when the run has one, README.md). The folder is
 built beside its target and renamed into place, so a reader never sees a half-written one; an
 existing folder is replaced only when it is a digitlab hub folder.
 """
@@ -28,20 +27,17 @@ from digitlab import __version__
 from digitlab.core.rundir import RunDir
 from digitlab.export.errors import ExportError
 from digitlab.export.onnx import DEFAULT_OPSET, EXPORT_DIR, export_onnx, exports_detector, load_torch_predictor
-from digitlab.inference.detector import DETECTOR_FILE
 from digitlab.inference.formats import (
-    HUB_CALIBRATION,
     HUB_CARD,
     HUB_CONFIG,
-    HUB_DETECTOR,
     HUB_ONNX,
-    HUB_PREPROCESS,
     HUB_WEIGHTS,
     ONNX_INPUT,
     ONNX_OUTPUT,
     ONNX_SCORE,
 )
-from digitlab.inference.predictor import CALIBRATION, Predictor
+from digitlab.inference.predictor import Predictor
+from digitlab.inference.rejection import REJECTION_FILE
 from digitlab.models import get_entry
 
 HUB_DIR = "hub"
@@ -93,14 +89,10 @@ def export_hub(run: str | os.PathLike[str], out: str | os.PathLike[str] | None =
         os.chmod(work, 0o777 & ~_umask())  # mkdtemp makes it private; the folder is meant to be shared
         onnx_result = export_onnx(rundir.path, work / HUB_ONNX, opset=opset, log=say)
         shutil.copyfile(rundir.file(RunDir.WEIGHTS), work / HUB_WEIGHTS)
-        config = {k: predictor.info[k] for k in ("name", "kind", "args")}
-        config.update(class_names=predictor.class_names, digitlab_version=__version__)
+        config = {**predictor.info.model_dump(mode="json"), "digitlab_version": __version__}
         (work / HUB_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        (work / HUB_PREPROCESS).write_text(predictor.spec.to_json() + "\n", encoding="utf-8")
-        if predictor.calibration is not None:
-            shutil.copyfile(rundir.file(CALIBRATION), work / HUB_CALIBRATION)
-        if exports_detector(predictor):  # the same detector model.onnx carries, for the torch backend
-            shutil.copyfile(rundir.file(DETECTOR_FILE), work / HUB_DETECTOR)
+        if predictor.rejection is not None:  # its detector is the one model.onnx carries, for the torch backend
+            shutil.copyfile(rundir.file(REJECTION_FILE), work / REJECTION_FILE)
         metrics = read_eval_metrics(rundir, predictor, say)
         model_card(rundir, predictor, metrics, onnx_result).save(work / HUB_CARD)
         _swap_into_place(work, target)
@@ -126,7 +118,7 @@ def read_eval_metrics(run: RunDir, predictor: Predictor, say: Callable[[str], No
     if not needed or not all(isinstance(v, int | float) for v in needed):
         say(f"{path}: unreadable or from another digitlab: the card reports no metrics")
         return None
-    own = predictor.info.get("dataset")
+    own = predictor.info.dataset
     if split != "test" or (own and dataset != own):
         say(f"{path}: measured on {dataset} {split}, not the {own} test split: the card reports no metrics")
         return None
@@ -139,11 +131,11 @@ def model_card(run: RunDir, predictor: Predictor, metrics: dict[str, Any] | None
     cfg = _read_yaml(run.file(RunDir.CONFIG))
     cfg_text = _read_text(run.file(RunDir.CONFIG))
     results = _read_json(run.file(RunDir.RESULTS))
-    dataset = str(predictor.info.get("dataset") or (cfg.get("data") or {}).get("dataset") or "mnist")
+    dataset = str(predictor.info.dataset or (cfg.get("data") or {}).get("dataset") or "mnist")
     title = DATASET_TITLES.get(dataset, dataset)
     recipe = str(cfg.get("recipe") or "custom")
     model_name = f"digitlab-{predictor.name}-{recipe}"
-    calibrated = predictor.calibration is not None
+    calibrated = predictor.rejection is not None
     eval_results = None
     if metrics is not None:
         ece = metrics["calibration"]["ece_after"] if calibrated else metrics["ece"]
@@ -176,13 +168,13 @@ def model_card(run: RunDir, predictor: Predictor, metrics: dict[str, Any] | None
 def _card_body(model_name: str, title: str, recipe: str, cfg: dict[str, Any], cfg_text: str, results: dict[str, Any],
                predictor: Predictor, metrics: dict[str, Any] | None, onnx_result: dict[str, Any]) -> str:
     spec = predictor.spec
-    n_params = predictor.info.get("n_params") or sum(p.numel() for p in predictor.model.parameters())
+    n_params = predictor.info.n_params or sum(p.numel() for p in predictor.model.parameters())
     h, w = spec.input_size
     train, optim, schedule = cfg.get("train") or {}, cfg.get("optim") or {}, cfg.get("schedule") or {}
     data_cfg, augment = cfg.get("data") or {}, cfg.get("augment") or {}
     seconds, device = results.get("train_seconds"), results.get("device")
     trained = (f"{seconds:.0f} s on {device}" if isinstance(seconds, int | float) else "not recorded")
-    cal = predictor.calibration
+    cal = predictor.rejection.policy if predictor.rejection is not None else None
     parity = onnx_result["parity"]
     n_train = data_cfg.get("train_subset")
 
@@ -212,15 +204,16 @@ def _card_body(model_name: str, title: str, recipe: str, cfg: dict[str, Any], cf
         "Architecture arguments (`config.json`):",
         "",
         "```json",
-        json.dumps(predictor.info["args"], indent=2),
+        json.dumps(predictor.info.args, indent=2),
         "```",
         "",
         "Files: `model.safetensors` (PyTorch weights), `model.onnx` (opset "
         f"{onnx_result['opset']}, dynamic batch axis; its logits match PyTorch's to {parity['max_abs_diff']:.1e} "
-        f"at most on {parity['n']:,} {parity['inputs']}), `config.json` (architecture), `preprocessing.json` "
-        "(input convention and normalisation)" + (", `calibration.json` (temperature)" if cal else "")
-        + (", `detector.safetensors` (the non-digit detector; in `model.onnx` as the second output "
-           f"`{ONNX_SCORE}`)" if exports_detector(predictor) else "") + ".",
+        f"at most on {parity['n']:,} {parity['inputs']}), `config.json` (architecture, classes, and under "
+        "`preprocess` the input convention and normalisation)"
+        + (", `rejection.safetensors` (temperature, thresholds" + (" and the non-digit detector, which "
+           f"`model.onnx` carries as its second output `{ONNX_SCORE}`" if exports_detector(predictor) else "")
+           + "; the same policy is in `model.onnx`'s metadata)" if cal else "") + ".",
         "",
         "## Evaluation",
         "",
@@ -260,7 +253,7 @@ def _card_body(model_name: str, title: str, recipe: str, cfg: dict[str, Any], cf
         "",
         "## How the input must be prepared",
         "",
-        f"The MNIST convention, described by `preprocessing.json`: a {h}x{w} grayscale image with "
+        f"The MNIST convention, described by `config.json`'s `preprocess`: a {h}x{w} grayscale image with "
         f"{'light ink on a dark background' if spec.polarity == 'light-on-dark' else 'dark ink on a light background'}"
         f" (invert scans of dark ink on paper), the digit's ink resized to fit a {spec.fit_box}x{spec.fit_box} box "
         f"with its aspect ratio kept and placed in the frame by its "
@@ -276,30 +269,29 @@ def _card_body(model_name: str, title: str, recipe: str, cfg: dict[str, Any], cf
         "- **Single digits.** One digit per image; a number must be segmented into digits first "
         "(`digitlab predict --multi`).",
     ]
-    threshold = getattr(cal, "threshold", None)
+    threshold = cal.confidence_threshold if cal is not None else None
     if cal is not None and threshold is not None and exports_detector(predictor):
         lines.append(f"- **Confidence and non-digits.** Probabilities are calibrated by temperature scaling (T = "
-                     f"{cal.temperature:.3f}, fitted on {cal.n:,} validation images, `calibration.json`). A "
+                     f"{cal.temperature:.3f}, fitted on {cal.n_val:,} validation images). A "
                      f"prediction is rejected by default when its calibrated confidence is below {threshold:.3f} "
                      f"or when the non-digit detector (a small network on the model's features, trained on the "
                      f"training digits against synthetic letters, scribbles and blobs) scores it above "
-                     f"{predictor.detector_threshold:.3f} (both chosen on validation digits: the pair "
-                     f"{cal.threshold_rule or 'was chosen on validation'}). Inputs unlike both the digits and "
+                     f"{predictor.detector_threshold:.3f} (both chosen on validation digits: {cal.rule}). Inputs "
+                     "unlike both the digits and "
                      "those non-digits can still pass; measure on data like yours.")
     elif cal is not None and threshold is not None:
-        rule = getattr(cal, "threshold_rule", None)
         lines.append(f"- **Confidence.** Probabilities are calibrated by temperature scaling (T = "
-                     f"{cal.temperature:.3f}, fitted on {cal.n:,} validation images, `calibration.json`), and a "
-                     f"prediction whose calibrated confidence is below {threshold:.3f} is rejected by default (the "
-                     f"threshold {rule or 'was chosen on validation'}). Raise it where a wrong digit costs more "
+                     f"{cal.temperature:.3f}, fitted on {cal.n_val:,} validation images), and a "
+                     f"prediction whose calibrated confidence is below {threshold:.3f} is rejected by default "
+                     f"({cal.rule}). Raise it where a wrong digit costs more "
                      "than a rejected one, after measuring on data like yours.")
     elif cal is not None:
         lines.append(f"- **Confidence.** Probabilities are calibrated by temperature scaling (T = "
-                     f"{cal.temperature:.3f}, fitted on {cal.n:,} validation images, `calibration.json`); reject "
+                     f"{cal.temperature:.3f}, fitted on {cal.n_val:,} validation images); reject "
                      "answers below a confidence threshold chosen on data like yours rather than trusting every "
                      "prediction.")
     else:
-        lines.append("- **Confidence.** No temperature was fitted (`digitlab evaluate` fits one): raw softmax "
+        lines.append("- **Confidence.** No temperature was fitted (`digitlab calibrate` fits one): raw softmax "
                      "probabilities of networks are usually over-confident, so do not threshold them as they are.")
     lines += [
         f"- **Measured on {title}'s test split.** Accuracy on other handwriting (other writers, pens, scanners) "
@@ -307,10 +299,10 @@ def _card_body(model_name: str, title: str, recipe: str, cfg: dict[str, Any], cf
         "",
         "## Usage",
         "",
-        "With digitlab (it applies `preprocessing.json` and the temperature itself):",
+        "With digitlab (it prepares the input and applies the rejection policy itself):",
         "",
         "```python",
-        "from digitlab.inference import Predictor",
+        "from digitlab import Predictor",
         "",
         'predictor = Predictor.from_path("<folder>")        # this folder (or its model.onnx)',
         f"out = predictor.predict(images)                    # images: (N, {h}, {w}) uint8, prepared as above",
@@ -325,7 +317,7 @@ def _card_body(model_name: str, title: str, recipe: str, cfg: dict[str, Any], cf
         "import numpy as np",
         "import onnxruntime as ort",
         "",
-        'spec = json.load(open("<folder>/preprocessing.json"))',
+        'spec = json.load(open("<folder>/config.json"))["preprocess"]',
         'session = ort.InferenceSession("<folder>/model.onnx")',
         'x = (images.astype(np.float32) * spec["scale"] - spec["mean"]) / spec["std"]   '
         f"# (N, {h}, {w}) uint8 -> float32",
@@ -336,11 +328,12 @@ def _card_body(model_name: str, title: str, recipe: str, cfg: dict[str, Any], cf
     if exports_detector(predictor):
         lines += [
             f'score = session.run(["{ONNX_SCORE}"], {{"{ONNX_INPUT}": x[:, None]}})[0]   '
-            "# (N,): not digit-like above calibration.json's detector_threshold",
+            "# (N,): not digit-like above the policy's detector_threshold",
         ]
     if cal is not None:
         lines += [
-            'temperature = json.load(open("<folder>/calibration.json"))["temperature"]',
+            'policy = json.loads(session.get_modelmeta().custom_metadata_map["digitlab.rejection"])',
+            'temperature = policy["temperature"]   # and policy["confidence_threshold"], policy["detector_threshold"]',
             "z = logits / temperature",
             "proba = np.exp(z - z.max(axis=1, keepdims=True))",
             "proba /= proba.sum(axis=1, keepdims=True)",

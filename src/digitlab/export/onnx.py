@@ -8,10 +8,10 @@ Usage::
     result["int8"]["drop_points"]                                  # test accuracy lost, in points
 
 The file holds the network alone: its input is the normalised float32 ``(N, 1, 28, 28)`` tensor that
-``PreprocessSpec.normalize`` makes, its output the logits; when ``digitlab evaluate`` fitted a non-digit
-detector, the detector too, as a second output (``nondigit_score``, ``(N,)``). The spec, class names,
-architecture, calibration and rejection thresholds travel in its metadata (names in
-``digitlab.inference.formats``), so ``Predictor.from_path`` feeds it exactly as training did. A file is
+``PreprocessSpec.normalize`` makes, its output the logits; when the run's rejection has a non-digit
+detector, the detector too, as a second output (``nondigit_score``, ``(N,)``). The model description
+(architecture, class names, preprocessing spec) and the rejection policy travel in its metadata (names
+in ``digitlab.inference.formats``), so ``Predictor.from_path`` feeds it exactly as training did. A file is
 checked (``onnx.checker``, a dynamic batch axis, parity with torch, of both outputs) before it is renamed
 into place: one that fails never replaces a good one.
 """
@@ -25,7 +25,6 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -50,21 +49,19 @@ from digitlab.data.errors import DataError
 from digitlab.data.loading import Dataset, load_dataset
 from digitlab.data.splits import split_train_val
 from digitlab.export.errors import ExportError
+from digitlab.inference.backends import run_onnx
 from digitlab.inference.detector import ScoredModel
 from digitlab.inference.formats import (
     HUB_ONNX,
     HUB_ONNX_INT8,
-    META_CALIBRATION,
-    META_CLASS_NAMES,
-    META_DETECTOR,
     META_MODEL,
-    META_PREPROCESS,
+    META_REJECTION,
     META_VERSION,
     ONNX_INPUT,
     ONNX_OUTPUT,
     ONNX_SCORE,
 )
-from digitlab.inference.predictor import CALIBRATION, Predictor, run_onnx
+from digitlab.inference.predictor import Predictor
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 17
@@ -193,36 +190,16 @@ def load_torch_predictor(run_path: str | os.PathLike[str]) -> Predictor:
 
 def exports_detector(predictor: Predictor) -> bool:
     """Whether the export carries the run's non-digit detector (loaded, with a threshold chosen for it)."""
-    return predictor.detector is not None and predictor.detector_threshold is not None
+    return predictor.has_detector and predictor.detector_threshold is not None
 
 
 def onnx_metadata(predictor: Predictor) -> dict[str, str]:
-    """The metadata_props an exported file carries (keys from ``inference.formats``)."""
-    meta = {
-        META_PREPROCESS: predictor.spec.to_json(),
-        META_CLASS_NAMES: json.dumps(predictor.class_names),
-        META_MODEL: json.dumps({k: predictor.info[k] for k in ("name", "kind", "args")}),
-        META_VERSION: __version__,
-    }
-    calibration = _calibration_json(predictor)
-    if calibration is not None:
-        meta[META_CALIBRATION] = calibration
-    if exports_detector(predictor):
-        meta[META_DETECTOR] = json.dumps({
-            "output": ONNX_SCORE, "threshold": predictor.detector_threshold, "softmax_threshold": predictor.threshold,
-            "rule": getattr(predictor.calibration, "threshold_rule", None)})
+    """The metadata_props an exported file carries (keys from ``inference.formats``): the model description,
+    the rejection policy (when the run has one) and the version."""
+    meta = {META_MODEL: predictor.info.model_dump_json(), META_VERSION: __version__}
+    if predictor.rejection is not None:
+        meta[META_REJECTION] = predictor.rejection.policy.model_dump_json()
     return meta
-
-
-def _calibration_json(predictor: Predictor) -> str | None:
-    """The run's calibration.json as one line of JSON (as written, every field kept), or None without one."""
-    if predictor.calibration is None:
-        return None
-    path = Path(predictor.source or ".") / CALIBRATION
-    try:
-        return json.dumps(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError):  # not from a run directory: what the Predictor holds
-        return json.dumps(asdict(predictor.calibration))
 
 
 def set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:
@@ -242,10 +219,10 @@ def check_parity(path: str | os.PathLike[str], predictor: Predictor, images: np.
     sess = session(path)
     with_score = ONNX_SCORE in {o.name for o in sess.get_outputs()}
     if with_score:
-        torch_logits, torch_score = predictor.scores_and_nondigit(images, batch_size=BATCH)
+        torch_logits, torch_score = predictor.logits_and_nondigit(images, batch_size=BATCH)
         onnx_logits, onnx_score = onnx_outputs(sess, images, predictor)
     else:
-        torch_logits, onnx_logits = predictor.scores(images, batch_size=BATCH), onnx_scores(sess, images, predictor)
+        torch_logits, onnx_logits = predictor.logits(images, batch_size=BATCH), onnx_scores(sess, images, predictor)
     diff = _max_diff(onnx_logits, torch_logits)
     if not diff <= PARITY_TOLERANCE:
         raise ExportError(f"{predictor.name}: the ONNX logits differ from torch's by up to {diff:.3g} on {inputs} "
@@ -473,8 +450,8 @@ def _to_onnx(predictor: Predictor, opset: int, say: Callable[[str], None]) -> tu
 def _graph_module(predictor: Predictor) -> tuple[torch.nn.Module, list[str]]:
     """What is traced, and its output names: the network, or the network and its detector."""
     if exports_detector(predictor):
-        assert predictor.detector is not None
-        return ScoredModel(predictor.model, predictor.detector).eval(), [ONNX_OUTPUT, ONNX_SCORE]
+        assert predictor.rejection is not None and predictor.rejection.detector is not None
+        return ScoredModel(predictor.model, predictor.rejection.detector).eval(), [ONNX_OUTPUT, ONNX_SCORE]
     return predictor.model, [ONNX_OUTPUT]
 
 
@@ -520,7 +497,7 @@ def _run_config(run: RunDir) -> RunConfig:
 
 
 def _dataset_name(predictor: Predictor, cfg: RunConfig) -> str:
-    return str(predictor.info.get("dataset") or cfg.data.dataset)
+    return str(predictor.info.dataset or cfg.data.dataset)
 
 
 def _load_data(predictor: Predictor, cfg: RunConfig, *, download: bool,

@@ -6,7 +6,6 @@ Usage::
     detector = fit_detector(digits=(feats, logits), nondigits=(feats_x, logits_x), temperature=0.46)
     scores = detector(features, logits)                   # (N,): higher is less digit-like
     t_soft, t_det = rejection_thresholds(val_conf, val_scores, rate=0.007, softmax_rate=0.003)
-    save_detector(detector, "runs/.../detector.safetensors"); load_detector(path)
 
 A classifier trained on digits alone reads anything as some digit, often confidently: a confidence
 threshold that rejects 0.7% of real digits rejects about half of letters, scribbles, blobs and noise
@@ -16,24 +15,18 @@ computed: the input of its last linear layer, each conv block's output averaged 
 families' ``forward_features``), the calibrated max confidence and the energy (``-logsumexp`` of the
 logits). The best of the feature-space scores measured in benchmarks/explore_ood.py (Mahalanobis,
 k-NN, energy, logistic regression, MLPs). Its input scaler lives in the module (buffers), so the
-saved file and the ONNX graph hold all of it.
+rejection file (``inference.rejection``) and the ONNX graph hold all of it.
 """
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from tqdm import tqdm
 
-from digitlab import __version__
 from digitlab.core.errors import DigitlabError
-from digitlab.core.fileio import atomic_path
 
-DETECTOR_FILE = "detector.safetensors"  # in the run directory (and the hub folder: formats.HUB_DETECTOR)
 HIDDEN = 128
 EPOCHS = 15
 MIN_STEPS = 150  # tiny runs (a few hundred images) still get enough updates
@@ -47,7 +40,7 @@ _MIN_SCALE = 1e-6  # a feature that never varies (a dead channel) is centred, no
 
 
 class DetectorError(DigitlabError):
-    """A detector file that cannot be read, or inputs that do not fit it."""
+    """Inputs a detector cannot be fitted on."""
 
 
 class NonDigitDetector(nn.Module):
@@ -99,13 +92,14 @@ class ScoredModel(nn.Module):
 
 def fit_detector(digits: tuple[Tensor, Tensor], nondigits: tuple[Tensor, Tensor], *, temperature: float,
                  hidden: int = HIDDEN, epochs: int = EPOCHS, batch_size: int = BATCH, lr: float = LR,
-                 weight_decay: float = WEIGHT_DECAY, seed: int = 0) -> NonDigitDetector:
+                 weight_decay: float = WEIGHT_DECAY, seed: int = 0, show_progress: bool = False) -> NonDigitDetector:
     """Fit a detector, digits (0) against non-digits (1), with minibatch Adam (seeded; a cosine schedule).
 
     Args:
         digits, nondigits: ``(features (N, F), logits (N, C))`` of each, from the network's
             ``forward_features`` (``models.runtime.predict_features``).
         temperature: the network's calibrated temperature (the confidence input is calibrated).
+        show_progress: a progress bar over the optimisation steps (stderr).
 
     Raises:
         DetectorError: empty or mismatched inputs.
@@ -137,6 +131,8 @@ def fit_detector(digits: tuple[Tensor, Tensor], nondigits: tuple[Tensor, Tensor]
     generator = torch.Generator().manual_seed(seed)
     detector.train()
     step = 0
+    bar = tqdm(total=n_steps, desc="fitting the non-digit detector", unit="step", disable=not show_progress,
+               leave=False)
     while step < n_steps:
         order = torch.randperm(n, generator=generator)
         for start in range(0, n - batch + 1, batch):  # whole batches only: every step the same size
@@ -147,8 +143,10 @@ def fit_detector(digits: tuple[Tensor, Tensor], nondigits: tuple[Tensor, Tensor]
             optimizer.step()
             schedule.step()
             step += 1
+            bar.update(1)
             if step >= n_steps:
                 break
+    bar.close()
     return detector.eval()
 
 
@@ -174,28 +172,3 @@ def rejection_thresholds(confidence: np.ndarray, scores: np.ndarray, *, rate: fl
     # ``score > ordered[k]`` rejects at most k of the kept ones (exactly k without ties)
     t_det = float(ordered[min(max(extra, 0), len(ordered) - 1)])
     return t_soft, t_det
-
-
-def save_detector(detector: NonDigitDetector, path: str | os.PathLike[str]) -> Path:
-    """Write the detector's weights and scaler as safetensors (atomically)."""
-    target = Path(path)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in detector.state_dict().items()}
-    with atomic_path(target) as tmp:
-        save_file(tensors, str(tmp), metadata={"digitlab_version": __version__, "inputs": "features,confidence,energy"})
-    return target
-
-
-def load_detector(path: str | os.PathLike[str], *, device: torch.device | str = "cpu") -> NonDigitDetector:
-    """A detector written by ``save_detector``.
-
-    Raises:
-        DetectorError: a missing, unreadable or foreign file.
-    """
-    try:
-        state = load_file(str(path))
-        detector = NonDigitDetector(int(state["mean"].shape[0]) - 2, int(state["hidden.weight"].shape[0]))
-        detector.load_state_dict(state)
-    except (OSError, SafetensorError, KeyError, RuntimeError, IndexError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DetectorError(f"{path}: not a digitlab non-digit detector ({first})") from None
-    return detector.to(device).eval()

@@ -1,7 +1,16 @@
-"""File formats a model travels in outside its run directory: ONNX files and hub folders.
+"""File formats a model travels in: the run directory, ONNX files and hub folders, and the one
+description of a model (``ModelInfo``) that all three carry.
 
-The export layer writes these; ``Predictor.from_path`` reads them. One place for the names, so the
-writer and the reader cannot drift apart.
+The trainer and the export layer write these; ``Predictor.from_path`` reads them. One place for the
+names and one reader (``read_model_info``), so the writers and the reader cannot drift apart.
+
+Model description (``ModelInfo``, JSON): ``{"name", "kind", "args", "class_names", "preprocess",
+"dataset", "n_params"}``. In a run directory it is ``model.json``; in a hub folder ``HUB_CONFIG``
+(config.json); in an ONNX file the metadata property ``META_MODEL``.
+
+Rejection (``inference.rejection``): the ``REJECTION_FILE`` in a run directory and a hub folder (the
+policy and the detector's weights); in an ONNX file the policy JSON under ``META_REJECTION``, and the
+detector inside the graph as the second output.
 
 ONNX file
     input ``ONNX_INPUT``: float32 ``(N, C, H, W)``, already normalised by the preprocessing spec
@@ -9,38 +18,65 @@ ONNX file
     output ``ONNX_OUTPUT``: float32 ``(N, n_classes)`` logits (uncalibrated).
     output ``ONNX_SCORE`` (only when the run has a non-digit detector): float32 ``(N,)``, the detector's
     non-digit score (a logit: higher is less digit-like).
-    metadata_props (strings): ``META_PREPROCESS`` the spec as JSON, ``META_CLASS_NAMES`` a JSON list,
-    ``META_MODEL`` ``{"name", "kind", "args"}`` as JSON, ``META_CALIBRATION`` the calibration JSON
-    (absent when the run has none), ``META_DETECTOR`` ``{"output", "threshold", "softmax_threshold",
-    "rule"}`` as JSON (only with ``ONNX_SCORE``: reject when the calibrated confidence is below
-    ``softmax_threshold`` or the score above ``threshold``), ``META_VERSION`` the digitlab version
-    that wrote it.
+    metadata_props (strings): ``META_MODEL``, ``META_REJECTION`` (absent when the run has none),
+    ``META_VERSION`` the digitlab version that wrote it.
 
 Hub folder (what ``huggingface_hub`` uploads)
-    ``HUB_CONFIG`` (config.json): ``{"name", "kind", "args", "class_names", "digitlab_version"}``,
-    ``HUB_WEIGHTS`` (model.safetensors), ``HUB_ONNX`` (model.onnx, as above),
-    ``HUB_PREPROCESS`` (preprocessing.json: ``PreprocessSpec.to_json()``),
-    ``HUB_CALIBRATION`` (calibration.json, when the run has one), ``HUB_DETECTOR`` (detector.safetensors,
-    the non-digit detector, when the run has one: the same file as in the run directory), ``README.md``
-    (the model card).
+    ``HUB_CONFIG`` (the model description), ``HUB_WEIGHTS`` (model.safetensors), ``HUB_ONNX``
+    (model.onnx, as above), the rejection file (when the run has one), ``README.md`` (the model card).
 """
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from digitlab.core.errors import DigitlabError, describe_validation_error
+from digitlab.data.preprocess import PreprocessSpec
 
 ONNX_INPUT = "input"
 ONNX_OUTPUT = "logits"
 ONNX_SCORE = "nondigit_score"
 
-META_PREPROCESS = "digitlab.preprocess"
-META_CLASS_NAMES = "digitlab.class_names"
 META_MODEL = "digitlab.model"
-META_CALIBRATION = "digitlab.calibration"
-META_DETECTOR = "digitlab.detector"
+META_REJECTION = "digitlab.rejection"
 META_VERSION = "digitlab.version"
 
 HUB_CONFIG = "config.json"
 HUB_WEIGHTS = "model.safetensors"
 HUB_ONNX = "model.onnx"
 HUB_ONNX_INT8 = "model.int8.onnx"
-HUB_PREPROCESS = "preprocessing.json"
-HUB_CALIBRATION = "calibration.json"
-HUB_DETECTOR = "detector.safetensors"
 HUB_CARD = "README.md"
+
+
+class ModelInfoError(DigitlabError):
+    """A model description that cannot be read."""
+
+
+class ModelInfo(BaseModel):
+    """What a model is and how it is fed: enough to rebuild it and prepare its inputs."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str
+    kind: Literal["torch", "classical"]
+    args: dict[str, Any]
+    class_names: list[str]
+    preprocess: PreprocessSpec
+    dataset: str | None = None
+    n_params: int | None = None
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+def read_model_info(text: str | bytes, *, source: str) -> ModelInfo:
+    """The model description in ``text`` (model.json, a hub config.json, or an ONNX file's metadata).
+
+    Raises:
+        ModelInfoError: not a digitlab model description (one line naming ``source``).
+    """
+    try:
+        return ModelInfo.model_validate_json(text)
+    except ValidationError as e:
+        raise ModelInfoError(" ".join(f"{source}: not a digitlab model description: "
+                                      f"{describe_validation_error(e)}".split())) from None

@@ -476,11 +476,11 @@ def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | 
     @app.get(f"{API}/model", tags=["model"])
     async def model_info(p: PredictorDep, s: SettingsDep) -> dict[str, Any]:
         """The model: name, kind, classes, rejection threshold, preprocessing spec, evaluation summary."""
-        cal = p.calibration
-        return {"name": p.name, "kind": p.kind, "backend": p.backend, "n_params": p.info.get("n_params"),
+        return {"name": p.name, "kind": p.kind, "backend": p.backend.name, "n_params": p.info.n_params,
                 "digitlab_version": __version__,
                 "source": p.source.name if p.source else None, "class_names": p.class_names,
-                "threshold": p.threshold, "temperature": cal.temperature if cal else None,
+                "threshold": p.threshold, "detector_threshold": p.detector_threshold,
+                "temperature": p.temperature if p.rejection else None,
                 "preprocess": p.spec.model_dump(mode="json"), "top_k_default": s.top_k,
                 "max_batch": s.max_batch, "max_body_bytes": s.max_body_bytes,
                 "evaluation": eval_summary(p.source if p.source and p.source.is_dir() else None)}
