@@ -4,16 +4,20 @@ Usage::
 
     cfg = resolve_config(load_yaml("recipe.yaml"), ["train.epochs=3", "model.args.dropout=0.2"])
     text = dump_config(cfg); assert RunConfig.model_validate(yaml.safe_load(text)) == cfg
+    for k in config_keys(): print(k.key, k.type, k.default)     # what --set takes
 
 Architecture (``model``) is kept apart from training parameters, so ``model.json`` alone can
 rebuild the network. Unknown keys are errors everywhere (``extra="forbid"``).
 """
 
+import types
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import to_jsonable_python
 
 from digitlab.core.errors import DigitlabError, describe_validation_error
 
@@ -58,17 +62,18 @@ class ScheduleSection(_Strict):
 
 
 class AugmentSection(_Strict):
-    rotation: float = 0.0           # degrees, +-
-    translate: float = 0.0          # fraction of the side, +-
+    rotation: float = Field(0.0, description="degrees, +-")
+    translate: float = Field(0.0, description="fraction of the side, +-")
     scale: tuple[float, float] = (1.0, 1.0)
-    shear: float = 0.0              # degrees, +-
-    elastic_alpha: float = 0.0      # 0 turns elastic distortion off
+    shear: float = Field(0.0, description="degrees, +-")
+    elastic_alpha: float = Field(0.0, description="0 turns elastic distortion off")
     elastic_sigma: float = 4.0
-    contrast: float = 0.0           # +- fraction
-    noise_std: float = 0.0          # in [0, 1] pixel units
-    erasing: float = 0.0            # probability
-    stroke: float = 0.0             # probability of a random stroke-width change (thinner or thicker)
-    p: float = 1.0                  # probability of the geometric transform per image
+    contrast: float = Field(0.0, description="+- fraction")
+    noise_std: float = Field(0.0, description="in [0, 1] pixel units")
+    erasing: float = Field(0.0, description="probability")
+    stroke: float = Field(0.0, description="probability of a random stroke-width change (thinner or "
+                          "thicker)")
+    p: float = Field(1.0, description="probability of the geometric transform per image")
 
     @property
     def enabled(self) -> bool:
@@ -88,11 +93,14 @@ class TrainSection(_Strict):
     device: str = "auto"
     threads: int | None = None
     channels_last: bool = False
-    outlier_exposure: float = 0.0   # weight of the uniform-target loss on synthetic non-digits (0: off)
-    outlier_fraction: float = 0.125  # non-digits added to each batch, as a share of the batch size
-    outlier_bank: int = 8000        # how many distinct non-digits are drawn (cached)
-    sync_batchnorm: bool = False    # data-parallel runs on CUDA: batch-norm statistics over all ranks' shares
-    dist_timeout: float = Field(default=300.0, gt=0)  # seconds a rank waits for the others before the job fails
+    outlier_exposure: float = Field(0.0, description="weight of the uniform-target loss on synthetic non-digits "
+                                    "(0: off)")
+    outlier_fraction: float = Field(0.125, description="non-digits added to each batch, as a share of the batch "
+                                    "size")
+    outlier_bank: int = Field(8000, description="how many distinct non-digits are drawn (cached)")
+    sync_batchnorm: bool = Field(False, description="data-parallel runs on CUDA: batch-norm statistics over all "
+                                 "ranks' shares")
+    dist_timeout: float = Field(300.0, gt=0, description="seconds a rank waits for the others before the job fails")
 
 
 class RunConfig(_Strict):
@@ -188,9 +196,85 @@ def resolve_config(base: dict[str, Any] | None = None, overrides: list[str] | tu
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"bad config: {describe_validation_error(e)}") from None
+        raise ConfigError(f"bad config: {describe_validation_error(e, _known_keys())}") from None
 
 
 def dump_config(cfg: RunConfig) -> str:
     """The config as YAML (sections in declaration order), readable by ``resolve_config``."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    """One key ``--set`` takes: dotted (``N`` stands for a list index), its type and default as YAML spells them."""
+
+    key: str
+    type: str
+    default: str
+    description: str = ""
+
+
+def _type_label(t: Any) -> str:
+    """``int``, ``float | null``, ``sgd|adam``, ``[float, float]``, ``list[int]``, ``mapping``."""
+    origin, args = get_origin(t), get_args(t)
+    if t is type(None):
+        return "null"
+    if t is Any:
+        return "any"
+    if origin is Literal:
+        return "|".join(str(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_label(a) for a in args)
+    if origin is tuple:
+        return f"[{', '.join(_type_label(a) for a in args)}]"
+    if origin is list:
+        return f"list[{_type_label(args[0]) if args else 'any'}]"
+    if origin is dict or t is dict:
+        return "mapping"
+    if isinstance(t, type) and issubclass(t, BaseModel):
+        return "mapping"
+    return getattr(t, "__name__", str(t))
+
+
+def _plain(value: Any) -> Any:
+    """Plain YAML types; a section keeps only what differs from its defaults (``{filters: 32}``)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_defaults=True)
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return to_jsonable_python(value)
+
+
+def _default_label(value: Any) -> str:
+    """The value as ``--set`` would take it (YAML flow style): ``0.001``, ``null``, ``[0.9, 0.999]``."""
+    if isinstance(value, str):
+        return value if value else '""'
+    text = yaml.safe_dump(_plain(value), default_flow_style=True, width=1 << 16).strip()
+    return text.removesuffix("...").strip()
+
+
+def config_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[ConfigKey]:
+    """Every key of ``model`` (a pydantic config) that ``--set`` can take, in declaration order.
+
+    Sections are listed by their keys (``train.epochs``), not as a whole; a list of sections has its
+    own key and its elements' keys (``blocks`` and ``blocks.N.filters``).
+    """
+    keys: list[ConfigKey] = []
+    for name, field in model.model_fields.items():
+        key, t = prefix + name, field.annotation
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            keys += config_keys(t, f"{key}.")
+            continue
+        default = "(required)" if field.is_required() else _default_label(field.get_default(call_default_factory=True))
+        keys.append(ConfigKey(key, _type_label(t), default, field.description or ""))
+        (item,) = get_args(t) if get_origin(t) is list else (None,)
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            keys += config_keys(item, f"{key}.N.")
+    return keys
+
+
+def _known_keys() -> list[str]:
+    """Every dotted key and section of ``RunConfig``, for suggestions."""
+    leaves = [k.key for k in config_keys()]
+    sections = {k.rpartition(".")[0] for k in leaves if "." in k}
+    return leaves + sorted(sections)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from digitlab.core.config import config_keys
 from digitlab.core.errors import DigitlabError, describe_validation_error
 
 ModelKind = Literal["torch", "classical"]
@@ -90,7 +91,8 @@ def make_config(name: str, **cfg: Any) -> ModelConfig:
     try:
         return entry.config_cls(**cfg)
     except ValidationError as e:
-        raise ModelError(f"model {name!r}: bad config: {describe_validation_error(e)}") from None
+        known = [k.key for k in config_keys(entry.config_cls)]
+        raise ModelError(f"model {name!r}: bad config: {describe_validation_error(e, known)}") from None
 
 
 def create_model(name: str, **cfg: Any) -> Any:

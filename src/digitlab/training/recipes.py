@@ -4,13 +4,15 @@ Usage::
 
     cfg = config_from_recipe("default", ["train.epochs=3"])    # or a path to a YAML file
     for name, description in list_recipes(): ...
+    for k in settable_keys(cfg): ...                          # every --set key, model.args.* included
 """
 
 import os
 from importlib import resources
 from pathlib import Path
 
-from digitlab.core.config import ConfigError, RunConfig, load_yaml, resolve_config
+from digitlab.core.config import ConfigError, ConfigKey, RunConfig, config_keys, load_yaml, resolve_config
+from digitlab.models.registry import get_entry
 
 
 def _recipe_dir() -> Path:
@@ -47,3 +49,14 @@ def config_from_recipe(name_or_path: str | os.PathLike[str], overrides: list[str
     data = load_yaml(path)
     data.setdefault("recipe", path.stem)
     return resolve_config(data, overrides)
+
+
+def settable_keys(cfg: RunConfig) -> list[ConfigKey]:
+    """Every key ``--set`` takes for ``cfg``: the run config's, with ``model.args`` opened into the keys
+    of ``cfg.model.name``'s own config (``model.args.dense``), defaults as the model declares them.
+
+    Raises:
+        ModelError: ``cfg.model.name`` is not a registered model.
+    """
+    model_keys = config_keys(get_entry(cfg.model.name).config_cls, "model.args.")
+    return [k for key in config_keys() for k in (model_keys if key.key == "model.args" else [key])]
