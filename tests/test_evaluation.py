@@ -7,6 +7,7 @@ The hand-made cases need no data; the rest train three tiny runs on real MNIST o
 
 import base64
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -34,20 +35,20 @@ from digitlab.cli import app
 from digitlab.core.config import ConfigError, dump_config
 from digitlab.data.splits import split_train_val
 from digitlab.evaluation import evaluate as evaluate_module
-from digitlab.evaluation import metrics as metrics_module
 from digitlab.evaluation.compare import compare_runs
 from digitlab.evaluation.evaluate import evaluate_run
 from digitlab.evaluation.metrics import (
     classification_metrics,
     expected_calibration_error,
-    fit_temperature,
     reliability_bins,
     top_confusions,
     wilson_interval,
 )
 from digitlab.evaluation.report import write_report
 from digitlab.evaluation.robustness import PERTURBATIONS, perturb, robustness_sweep
-from digitlab.inference.predictor import Predictor, read_calibration, softmax
+from digitlab.inference import rejection as rejection_module
+from digitlab.inference.predictor import Predictor
+from digitlab.inference.rejection import REJECTION_FILE, calibrate_run, fit_temperature, load_rejection, softmax
 from digitlab.models import create_model
 from digitlab.models.runtime import resolve_device
 from digitlab.training import config_from_recipe, train_run
@@ -228,7 +229,7 @@ def test_fit_temperature_never_raises_nll(case: str) -> None:
 def test_fit_temperature_falls_back_to_1_when_the_search_goes_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
     logits, labels = calibrated_logits(n=500)
     # An optimizer answering log T = 3 (T ~ 20) on calibrated logits: worse than leaving them alone.
-    monkeypatch.setattr(metrics_module, "minimize_scalar", lambda *a, **k: SimpleNamespace(x=3.0))
+    monkeypatch.setattr("scipy.optimize.minimize_scalar", lambda *a, **k: SimpleNamespace(x=3.0))
     t, before, after = fit_temperature(logits, labels)
     assert t == 1.0 and after == before == pytest.approx(nll(logits, labels, 1.0))
 
@@ -314,11 +315,12 @@ def test_cli_report_on_a_run_not_evaluated(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def runs(mnist_dataset, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """A small CNN evaluated by the library with a robustness sweep; a k-NN evaluated through the CLI;
-    a second k-NN seed left unevaluated (compare evaluates it). Every fit_temperature call is recorded."""
+    """A small CNN calibrated and evaluated by the library with a robustness sweep; a k-NN calibrated and
+    evaluated through the CLI; a second k-NN seed calibrated, left unevaluated (compare evaluates it). Every
+    fit_temperature call is recorded, and the CNN's files are hashed before evaluate."""
     root = tmp_path_factory.mktemp("runs")
     fits: list[tuple[np.ndarray, np.ndarray]] = []
-    real_fit = evaluate_module.fit_temperature
+    real_fit = rejection_module.fit_temperature
 
     def spy(logits: np.ndarray, y_true: np.ndarray) -> tuple[float, float, float]:
         fits.append((np.array(logits), np.array(y_true)))
@@ -327,7 +329,7 @@ def runs(mnist_dataset, tmp_path_factory: pytest.TempPathFactory) -> SimpleNames
     with pytest.MonkeyPatch.context() as mp:  # the function-scoped hermetic fixture does not reach here
         mp.setenv("DIGITLAB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
         mp.setenv("DIGITLAB_MIRRORS", "http://127.0.0.1:9/")
-        mp.setattr(evaluate_module, "fit_temperature", spy)
+        mp.setattr(rejection_module, "fit_temperature", spy)
 
         def train(recipe: str, *overrides: str) -> Path:
             cfg = config_from_recipe(recipe, [*TINY, *overrides])
@@ -336,10 +338,35 @@ def runs(mnist_dataset, tmp_path_factory: pytest.TempPathFactory) -> SimpleNames
         cnn = train("fast", *SMALL_FAST)
         knn = train("knn")
         knn_seed1 = train("knn", "seed=1", "data.split_seed=1")
+        calibrate_run(cnn)
+        knn_calibrate_cli = runner.invoke(app, ["calibrate", str(knn)])
+        calibrate_run(knn_seed1)
+        cnn_hashes = file_hashes(cnn)
         cnn_eval = evaluate_run(cnn, robustness=True, robustness_samples=ROBUSTNESS_SAMPLES)
         knn_cli = runner.invoke(app, ["evaluate", str(knn)])
     return SimpleNamespace(root=root, cnn=cnn, knn=knn, knn_seed1=knn_seed1, cnn_eval=cnn_eval, knn_cli=knn_cli,
-                           fits=fits)
+                           knn_calibrate_cli=knn_calibrate_cli, fits=fits, cnn_hashes=cnn_hashes)
+
+
+def file_hashes(run: Path) -> dict[str, str]:
+    """SHA-256 of every file in a run directory, by relative path."""
+    return {str(f.relative_to(run)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(run.rglob("*")) if f.is_file()}
+
+
+@pytest.mark.mnist
+def test_evaluate_writes_nothing_outside_eval(runs: SimpleNamespace) -> None:
+    after = file_hashes(runs.cnn)
+    outside = {k: v for k, v in after.items() if not k.startswith("eval/")}
+    assert outside == runs.cnn_hashes  # not one file outside eval/ added, removed or changed
+    assert any(k.startswith("eval/") for k in after) and not any(k.startswith("eval/") for k in runs.cnn_hashes)
+
+
+@pytest.mark.mnist
+def test_evaluate_refuses_a_run_never_calibrated(runs: SimpleNamespace, tmp_path: Path) -> None:
+    run = Path(shutil.copytree(runs.knn, tmp_path / "uncalibrated", ignore=shutil.ignore_patterns("eval")))
+    (run / REJECTION_FILE).unlink()
+    assert_one_line_error(runner.invoke(app, ["evaluate", str(run)]), "digitlab calibrate")
 
 
 @pytest.fixture(scope="module")
@@ -386,7 +413,7 @@ def test_metrics_agree_with_sklearn(runs: SimpleNamespace, mnist_dataset, which:
     assert m["confusion_matrix"] == confusion_matrix(y, y_pred).tolist()
     t = m["calibration"]["temperature"]
     assert m["calibration"]["log_loss_after"] == pytest.approx(log_loss(y, predictor.predict_proba(images)), rel=1e-6)
-    assert predictor.calibration is not None and predictor.calibration.temperature == t
+    assert predictor.rejection is not None and predictor.temperature == t
     if which == "knn":
         # A classical model's ROC comes from its own predict_proba (k-NN votes: many ties between images).
         own = predictor.model.pipeline.predict_proba(images.reshape(len(images), -1))
@@ -408,37 +435,36 @@ def test_every_listed_figure_is_a_png(runs: SimpleNamespace, which: str) -> None
 
 @pytest.mark.mnist
 @pytest.mark.parametrize("which", ["cnn", "knn"])
-def test_calibration_json_holds_the_temperature(runs: SimpleNamespace, mnist_dataset, which: str) -> None:
+def test_the_rejection_file_holds_the_temperature(runs: SimpleNamespace, mnist_dataset, which: str) -> None:
     run = getattr(runs, which)
     m = read_eval(run)
-    stored = json.loads((run / "calibration.json").read_text())
-    assert stored["temperature"] == m["calibration"]["temperature"] > 0
-    assert stored["fitted_on"] == "val" and stored["n"] == N_VAL
-    assert stored["nll_after"] <= stored["nll_before"]
-    assert read_calibration(run).temperature == stored["temperature"]
+    stored = load_rejection(run / REJECTION_FILE).policy
+    assert stored.temperature == m["calibration"]["temperature"] > 0
+    assert "validation" in stored.fitted_on and stored.n_val == N_VAL
+    assert stored.nll_after <= stored.nll_before
     # a network gets a non-digit detector, its threshold beside the (relaxed) confidence one; a classical
-    # model keeps the confidence threshold alone, as before the detector
-    detector = run / "detector.safetensors"
+    # model the confidence threshold alone
     rej = m["rejection"]
+    assert stored.confidence_threshold == rej["threshold"] and stored.rule == rej["rule"]
     if which == "cnn":
-        assert detector.is_file() and stored["detector_threshold"] == rej["detector_threshold"]
-        assert stored["threshold"] == rej["threshold"] < stored["threshold_without_detector"]
+        assert stored.detector_threshold == rej["detector_threshold"] is not None
         assert rej["detector"]["n_digits"] == 400 and rej["detector"]["n_nondigits"] == 400
         assert rej["val_rejected"] <= 0.007 and 0 <= rej["rejected"] <= 1
     else:
-        assert not detector.exists() and "detector_threshold" not in stored and "detector" not in rej
-        assert stored["threshold"] == rej["threshold"] and stored["threshold_rule"] == rej["rule"]
+        assert stored.detector_threshold is None and rej["detector"] is None
+        assert runs.knn_calibrate_cli.exit_code == 0, runs.knn_calibrate_cli.output
+        assert "rejection: temperature" in runs.knn_calibrate_cli.stdout
     predictor = Predictor.from_run(run)
     images = mnist_dataset.test_images[:50]
     np.testing.assert_allclose(predictor.predict_proba(images),
-                               softmax(predictor.logits(images), stored["temperature"]), rtol=1e-12)
+                               softmax(predictor.logits(images), stored.temperature), rtol=1e-12)
 
 
 @pytest.mark.mnist
 def test_temperature_is_fitted_on_the_validation_split(runs: SimpleNamespace, mnist_dataset) -> None:
     _, val_idx = split_train_val(mnist_dataset.train_labels, n_val=N_VAL, seed=0)
-    assert len(runs.fits) == 2  # the CNN, then the k-NN through the CLI
-    for run, (logits, labels) in zip((runs.cnn, runs.knn), runs.fits, strict=True):
+    assert len(runs.fits) == 3  # the CNN, the k-NN through the CLI, the second k-NN (another split seed)
+    for run, (logits, labels) in zip((runs.cnn, runs.knn), runs.fits[:2], strict=True):
         assert np.array_equal(labels, mnist_dataset.train_labels[val_idx])
         expected = Predictor.from_run(run).logits(mnist_dataset.train_images[val_idx])
         np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
@@ -449,7 +475,7 @@ def test_garbage_in_the_test_split_does_not_move_the_temperature(runs: SimpleNam
                                                                   tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     run = Path(shutil.copytree(runs.knn, tmp_path / runs.knn.name))
-    before = json.loads((run / "calibration.json").read_text())
+    before = (run / REJECTION_FILE).read_bytes()
     rng = np.random.default_rng(1)
     garbage = dataclasses.replace(mnist_dataset, test_images=rng.integers(0, 256, (300, 28, 28), dtype=np.uint8),
                                   test_labels=rng.integers(0, 10, 300).astype(np.uint8))
@@ -457,8 +483,8 @@ def test_garbage_in_the_test_split_does_not_move_the_temperature(runs: SimpleNam
     monkeypatch.setattr(evaluate_module, "plots", NoPlots())  # figures are not the point here, and cost seconds
     m = evaluate_run(run)
     assert m["n"] == 300 and m["accuracy"] < 0.3  # the garbage was measured...
-    assert json.loads((run / "calibration.json").read_text()) == before  # ...and chose nothing
-    assert m["calibration"]["temperature"] == before["temperature"]
+    assert (run / REJECTION_FILE).read_bytes() == before  # ...and chose nothing
+    assert m["calibration"]["temperature"] == load_rejection(run / REJECTION_FILE).temperature
 
 
 @pytest.mark.mnist

@@ -37,30 +37,25 @@ from digitlab.export.hub import export_hub
 from digitlab.export.onnx import export_onnx
 from digitlab.export.push import push
 from digitlab.inference.formats import (
-    HUB_CALIBRATION,
     HUB_CARD,
     HUB_CONFIG,
-    HUB_DETECTOR,
     HUB_ONNX,
-    HUB_PREPROCESS,
     HUB_WEIGHTS,
-    META_CALIBRATION,
-    META_CLASS_NAMES,
-    META_DETECTOR,
     META_MODEL,
-    META_PREPROCESS,
+    META_REJECTION,
     META_VERSION,
     ONNX_INPUT,
     ONNX_OUTPUT,
     ONNX_SCORE,
 )
 from digitlab.inference.predictor import Predictor
+from digitlab.inference.rejection import REJECTION_FILE, calibrate_run, load_rejection
 from digitlab.training import config_from_recipe, train_run
 
 TINY = ["data.train_subset=400", "data.n_val=200", "train.batch_size=50", "train.eval_batch_size=500"]
 # The fast recipe with one 8-filter block and one epoch: seconds to train, and trained channels-last.
 SMALL_FAST = ["model.args={blocks: [{filters: 8, pool_first: true, batch_norm: true}], dense: []}", "train.epochs=1"]
-HUB_FILES = {HUB_CONFIG, HUB_WEIGHTS, HUB_ONNX, HUB_PREPROCESS, HUB_CALIBRATION, HUB_DETECTOR, HUB_CARD}
+HUB_FILES = {HUB_CONFIG, HUB_WEIGHTS, HUB_ONNX, REJECTION_FILE, HUB_CARD}
 CARD_SECTIONS = ("## Model description", "## Evaluation", "## Intended use", "## How the input must be prepared",
                  "## Limitations", "## Usage")
 
@@ -175,7 +170,8 @@ def test_push_rejects_a_bad_repo_id_and_a_folder_that_is_not_a_hub_folder(tmp_pa
 
 @pytest.fixture(scope="module")
 def runs(mnist_dataset, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """A small CNN, evaluated; an unevaluated copy of it (no calibration, no eval/); a k-NN."""
+    """A small CNN, calibrated and evaluated; an uncalibrated, unevaluated copy of it (no rejection, no eval/);
+    a k-NN."""
     root = tmp_path_factory.mktemp("runs")
     with pytest.MonkeyPatch.context() as mp:  # the function-scoped hermetic fixture does not reach here
         mp.setenv("DIGITLAB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
@@ -187,6 +183,7 @@ def runs(mnist_dataset, tmp_path_factory: pytest.TempPathFactory) -> SimpleNames
 
         cnn = train("fast", *SMALL_FAST)
         unevaluated = Path(shutil.copytree(cnn, root / "unevaluated"))
+        calibrate_run(cnn)
         metrics = evaluate_run(cnn)
         knn = train("knn")
     return SimpleNamespace(cnn=cnn, unevaluated=unevaluated, metrics=metrics, knn=knn)
@@ -252,14 +249,11 @@ def test_onnx_file_passes_the_checker_and_names_its_tensors(runs: SimpleNamespac
 def test_onnx_metadata_is_complete_and_parses(runs: SimpleNamespace, onnx_cli) -> None:
     meta = metadata(runs.cnn / "export" / HUB_ONNX)
     model_json = json.loads((runs.cnn / "model.json").read_text())
-    assert PreprocessSpec.from_json(meta[META_PREPROCESS]) == PreprocessSpec.model_validate(model_json["preprocess"])
-    assert json.loads(meta[META_CLASS_NAMES]) == model_json["class_names"] == [str(d) for d in range(10)]
-    assert json.loads(meta[META_MODEL]) == {k: model_json[k] for k in ("name", "kind", "args")}
-    calibration = json.loads((runs.cnn / "calibration.json").read_text())
-    assert json.loads(meta[META_CALIBRATION]) == calibration
-    assert json.loads(meta[META_DETECTOR]) == {"output": ONNX_SCORE, "threshold": calibration["detector_threshold"],
-                                               "softmax_threshold": calibration["threshold"],
-                                               "rule": calibration["threshold_rule"]}
+    assert json.loads(meta[META_MODEL]) == model_json  # one model description, in the run and in the file
+    assert model_json["class_names"] == [str(d) for d in range(10)]
+    assert PreprocessSpec.model_validate(json.loads(meta[META_MODEL])["preprocess"]).mean > 0
+    policy = load_rejection(runs.cnn / REJECTION_FILE).policy
+    assert json.loads(meta[META_REJECTION]) == json.loads(policy.model_dump_json())
     assert meta[META_VERSION] == __version__
 
 
@@ -272,9 +266,9 @@ def test_onnx_runs_any_batch_size_and_matches_torch(runs: SimpleNamespace, onnx_
     x = predictor.spec.normalize(torch.as_tensor(images)).numpy()
     (logits,) = session(runs.cnn / "export" / HUB_ONNX).run([ONNX_OUTPUT], {ONNX_INPUT: x})
     assert logits.shape == (batch, 10) and logits.dtype == np.float32
-    np.testing.assert_allclose(logits, predictor.scores(images), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(logits, predictor.logits(images), atol=1e-4, rtol=0)
     logits, score = session(runs.cnn / "export" / HUB_ONNX).run([ONNX_OUTPUT, ONNX_SCORE], {ONNX_INPUT: x})
-    torch_logits, torch_score = predictor.scores_and_nondigit(images)
+    torch_logits, torch_score = predictor.logits_and_nondigit(images)
     assert score.shape == (batch,) and score.dtype == np.float32
     np.testing.assert_allclose(score, torch_score, atol=1e-4, rtol=0)
     np.testing.assert_allclose(logits, torch_logits, atol=1e-4, rtol=0)
@@ -292,8 +286,7 @@ def test_without_the_data_parity_is_checked_on_random_images(runs: SimpleNamespa
     assert result["onnx"] == str(tmp_path / HUB_ONNX)
     assert result["parity"]["inputs"] == "random images" and result["parity"]["max_abs_diff"] <= 1e-4
     assert any("random images" in line for line in lines)
-    assert META_CALIBRATION not in metadata(tmp_path / HUB_ONNX)  # that run has no calibration...
-    assert META_DETECTOR not in metadata(tmp_path / HUB_ONNX)  # ...and no detector: one output
+    assert META_REJECTION not in metadata(tmp_path / HUB_ONNX)  # that run has no rejection: one output
     assert [o.name for o in onnx.load_model(str(tmp_path / HUB_ONNX)).graph.output] == [ONNX_OUTPUT]
     assert "max_abs_diff_score" not in result["parity"] and result["detector"] is False
     assert not (runs.unevaluated / "export" / "export.json").exists()  # an export elsewhere records nothing
@@ -324,7 +317,7 @@ def test_int8_is_quantized_and_measured_on_the_test_split(runs: SimpleNamespace,
     onnx.checker.check_model(model)
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    assert set(metadata(path)) >= {META_PREPROCESS, META_CLASS_NAMES, META_MODEL, META_CALIBRATION, META_VERSION}
+    assert set(metadata(path)) >= {META_MODEL, META_REJECTION, META_VERSION}
     # The reported accuracies are what the two files score on all 10,000 test images.
     predictor = Predictor.from_run(runs.cnn, device="cpu")
     images, y = mnist_dataset.test_images, mnist_dataset.test_labels
@@ -337,7 +330,7 @@ def test_int8_is_quantized_and_measured_on_the_test_split(runs: SimpleNamespace,
     assert q["accuracy_fp32"] > 0.5 and abs(q["drop_points"]) < 5
     assert path.stat().st_size == q["size_bytes"] < int8.out.stat().st_size
     # the detector stays in the graph, in float32: its score moves only as much as the features it reads
-    assert [o.name for o in model.graph.output] == [ONNX_OUTPUT, ONNX_SCORE] and META_DETECTOR in metadata(path)
+    assert [o.name for o in model.graph.output] == [ONNX_OUTPUT, ONNX_SCORE] and META_REJECTION in metadata(path)
     d = q["detector"]
     assert d["quantized"] is False and d["nodes_kept_float"] > 0 and d["flag_agreement"] > 0.95
     loaded = Predictor.from_path(path)
@@ -371,14 +364,10 @@ def test_hub_folder_of_an_evaluated_run(runs: SimpleNamespace, hub_cli) -> None:
     assert (folder / HUB_WEIGHTS).read_bytes() == (runs.cnn / "model.safetensors").read_bytes()
     model_json = json.loads((runs.cnn / "model.json").read_text())
     config = json.loads((folder / HUB_CONFIG).read_text())
-    assert config == {**{k: model_json[k] for k in ("name", "kind", "args", "class_names")},
-                      "digitlab_version": __version__}
-    spec = PreprocessSpec.from_json((folder / HUB_PREPROCESS).read_text())
-    assert spec == PreprocessSpec.model_validate(model_json["preprocess"])
-    assert json.loads((folder / HUB_CALIBRATION).read_text()) == json.loads((runs.cnn / "calibration.json").read_text())
-    assert (folder / HUB_DETECTOR).read_bytes() == (runs.cnn / "detector.safetensors").read_bytes()
+    assert config == {**model_json, "digitlab_version": __version__}
+    assert (folder / REJECTION_FILE).read_bytes() == (runs.cnn / REJECTION_FILE).read_bytes()
     onnx.checker.check_model(onnx.load_model(str(folder / HUB_ONNX)))
-    assert set(metadata(folder / HUB_ONNX)) >= {META_PREPROCESS, META_CLASS_NAMES, META_MODEL, META_VERSION}
+    assert set(metadata(folder / HUB_ONNX)) >= {META_MODEL, META_REJECTION, META_VERSION}
 
 
 @pytest.mark.mnist
@@ -402,10 +391,10 @@ def test_model_card_of_an_evaluated_run(runs: SimpleNamespace, hub_cli) -> None:
     assert 'Predictor.from_path("<folder>")' in text and "ort.InferenceSession" in text
     assert f"| accuracy | {m['accuracy']:.4f}" in text
     assert "Not evaluated" not in text
-    cal = json.loads((runs.cnn / "calibration.json").read_text())
-    # the rejection thresholds evaluate chose on validation: confidence, and the detector's
-    assert f"below {cal['threshold']:.3f} or when the non-digit detector" in text
-    assert f"above {cal['detector_threshold']:.3f}" in text and "`detector.safetensors`" in text
+    cal = load_rejection(runs.cnn / REJECTION_FILE).policy
+    # the rejection thresholds calibrate chose on validation: confidence, and the detector's
+    assert f"below {cal.confidence_threshold:.3f} or when the non-digit detector" in text
+    assert f"above {cal.detector_threshold:.3f}" in text and "`rejection.safetensors`" in text
 
 
 @pytest.mark.mnist
@@ -413,7 +402,7 @@ def test_model_card_of_an_unevaluated_run_says_so(runs: SimpleNamespace, tmp_pat
     out = tmp_path / "hub"
     lines: list[str] = []
     assert export_hub(runs.unevaluated, out, log=lines.append) == out
-    assert {p.name for p in out.iterdir()} == HUB_FILES - {HUB_CALIBRATION, HUB_DETECTOR}
+    assert {p.name for p in out.iterdir()} == HUB_FILES - {REJECTION_FILE}
     card = ModelCard.load(out / HUB_CARD)
     assert card.data.eval_results is None and card.data.metrics is None
     assert "model-index" not in (out / HUB_CARD).read_text()
@@ -423,7 +412,7 @@ def test_model_card_of_an_unevaluated_run_says_so(runs: SimpleNamespace, tmp_pat
     stale = out / "stale.txt"
     stale.write_text("from an older export")
     export_hub(runs.unevaluated, out)
-    assert {p.name for p in out.iterdir()} == HUB_FILES - {HUB_CALIBRATION, HUB_DETECTOR}
+    assert {p.name for p in out.iterdir()} == HUB_FILES - {REJECTION_FILE}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hub"]
 
 
@@ -447,7 +436,6 @@ def test_a_classical_run_is_a_clear_error(runs: SimpleNamespace, tmp_path: Path)
 
 
 @pytest.mark.mnist
-@pytest.mark.skipif(not hasattr(Predictor, "from_path"), reason="Predictor.from_path is not there yet")
 @pytest.mark.parametrize(("what", "backend"), [("hub", "torch"), ("hub", "onnx"), ("onnx", "auto")])
 def test_exported_files_predict_like_the_run(runs: SimpleNamespace, onnx_cli, hub_cli, mnist_dataset, what: str,
                                              backend: str) -> None:
@@ -457,7 +445,7 @@ def test_exported_files_predict_like_the_run(runs: SimpleNamespace, onnx_cli, hu
     loaded = Predictor.from_path(path, backend=backend, device="cpu")
     assert np.array_equal(loaded.classify(images), reference.classify(images))
     np.testing.assert_allclose(loaded.predict_proba(images), reference.predict_proba(images), atol=1e-5)
-    # the non-digit detector travels too (hub: detector.safetensors for torch, the second output for ONNX)
+    # the non-digit detector travels too (hub: rejection.safetensors for torch, the second output for ONNX)
     assert loaded.has_detector and loaded.detector_threshold == reference.detector_threshold is not None
     assert loaded.threshold == reference.threshold
     out, ref = loaded.predict(images), reference.predict(images)

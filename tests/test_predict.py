@@ -2,7 +2,6 @@
 `digitlab evaluate --images`, on a small CNN trained in seconds on real MNIST."""
 
 import csv
-import dataclasses
 import io
 import json
 import shutil
@@ -16,9 +15,18 @@ from typer.testing import CliRunner
 
 from digitlab.cli import app
 from digitlab.data.nondigits import synthetic_nondigits
-from digitlab.evaluation.evaluate import REJECT_VAL_RATE, evaluate_run
+from digitlab.data.splits import split_train_val
+from digitlab.evaluation.evaluate import evaluate_run
 from digitlab.inference import Predictor, PredictorError
-from digitlab.inference.detector import DETECTOR_FILE
+from digitlab.inference.rejection import (
+    REASON_BLOB,
+    REASON_NOT_A_DIGIT,
+    REJECT_VAL_RATE,
+    REJECTION_FILE,
+    Rejection,
+    calibrate_run,
+    load_rejection,
+)
 from digitlab.training import config_from_recipe, train_run
 
 pytestmark = pytest.mark.mnist
@@ -48,6 +56,7 @@ def model(mnist_dataset, tmp_path_factory: pytest.TempPathFactory) -> SimpleName
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DIGITLAB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
         run = Path(train_run(config_from_recipe("fast", TINY), out_root=root, show_progress=False).run_dir)
+        calibrate_run(run)
         evaluate_run(run)
     images = root / "images"
     (images / "sub").mkdir(parents=True)
@@ -64,50 +73,51 @@ def model(mnist_dataset, tmp_path_factory: pytest.TempPathFactory) -> SimpleName
     return SimpleNamespace(run=run, images=images, labelled=labelled, x=x, y=y, root=root)
 
 
-def test_evaluate_stores_a_rejection_threshold_chosen_on_validation(model) -> None:
-    cal = json.loads((model.run / "calibration.json").read_text())
-    assert 0 < cal["threshold"] < 1 and "validation" in cal["threshold_rule"]
+def test_calibrate_stores_a_rejection_threshold_chosen_on_validation(model) -> None:
+    policy = load_rejection(model.run / REJECTION_FILE).policy
+    assert 0 < policy.confidence_threshold < 1 and "validation" in policy.rule
     rej = json.loads((model.run / "eval" / "metrics.json").read_text())["rejection"]
-    assert rej["threshold"] == pytest.approx(cal["threshold"])
+    assert rej["threshold"] == pytest.approx(policy.confidence_threshold)
     coverages = [row["coverage"] for row in rej["curve"]]
     assert coverages == sorted(coverages, reverse=True)  # a higher threshold keeps fewer
-    assert Predictor.from_run(model.run).threshold == pytest.approx(cal["threshold"])
+    assert Predictor.from_run(model.run).threshold == pytest.approx(policy.confidence_threshold)
 
 
-def test_evaluate_fits_a_detector_and_chooses_both_thresholds_on_validation(model, mnist_dataset) -> None:
-    cal = json.loads((model.run / "calibration.json").read_text())
-    m = json.loads((model.run / "eval" / "metrics.json").read_text())
-    rej = m["rejection"]
-    assert (model.run / DETECTOR_FILE).is_file()
-    assert rej["detector_threshold"] == pytest.approx(cal["detector_threshold"])
-    assert cal["threshold_without_detector"] == pytest.approx(rej["softmax_only"]["threshold"])
-    assert cal["threshold_without_detector"] > cal["threshold"]  # the detector takes part of the rate
-    assert "detector" in cal["threshold_rule"] and cal["threshold_rule"] == rej["rule"]
-    assert rej["val_rejected"] <= REJECT_VAL_RATE and rej["rejected"] == pytest.approx(1 - rej["coverage"])
-    assert rej["detector"]["n_digits"] == 3000 and rej["detector"]["n_nondigits"] == 3000  # data.train_subset
+def test_calibrate_fits_a_detector_and_chooses_both_thresholds_on_validation(model, mnist_dataset) -> None:
+    policy = load_rejection(model.run / REJECTION_FILE).policy
+    rej = json.loads((model.run / "eval" / "metrics.json").read_text())["rejection"]
+    assert rej["detector_threshold"] == pytest.approx(policy.detector_threshold)
+    assert policy.rule == rej["rule"] and "non-digit" in policy.rule
+    assert policy.val_rejected <= REJECT_VAL_RATE and rej["rejected"] == pytest.approx(1 - rej["coverage"])
+    assert policy.detector.n_digits == 3000 and policy.detector.n_nondigits == 3000  # data.train_subset
     p = Predictor.from_run(model.run)
-    assert p.has_detector and p.detector_threshold == pytest.approx(cal["detector_threshold"])
+    assert p.has_detector and p.detector_threshold == pytest.approx(policy.detector_threshold)
     # the rule as the Predictor applies it gives the reported test rate
     assert p.predict(mnist_dataset.test_images).rejected.mean() == pytest.approx(rej["rejected"], abs=2e-4)
 
 
-def test_the_detector_rejects_synthetic_nondigits_more_than_confidence_alone(model) -> None:
+def test_the_detector_rejects_synthetic_nondigits_more_than_confidence_alone(model, mnist_dataset) -> None:
     p = Predictor.from_run(model.run)
+    _, val_idx = split_train_val(mnist_dataset.train_labels, n_val=500, seed=0)
+    # confidence alone: the threshold that rejects the same share of validation digits as the rule
+    t_alone = np.quantile(p.predict_proba(mnist_dataset.train_images[val_idx]).max(axis=1), REJECT_VAL_RATE)
     rng = np.random.default_rng(5)
     noise = rng.integers(0, 256, (100, 28, 28), dtype=np.uint8)
     blobs = synthetic_nondigits(100, seed=5, kinds=("blob",))  # not the bank the detector learnt from
     for kind, x in (("noise", noise), ("blobs", blobs)):
         out = p.predict(x)
-        alone = out.confidence < p.calibration.threshold_without_detector
+        alone = out.confidence < t_alone
         # confidence alone rejected 36% of the noise and 19% of the blobs here; the detector adds 30 points or more
         assert out.rejected.mean() >= min(0.95, alone.mean() + 0.3), kind
 
 
 def test_a_prediction_rejected_by_the_detector_says_so(model) -> None:
     p = Predictor.from_run(model.run)
-    p.calibration = dataclasses.replace(p.calibration, threshold=0.0, detector_threshold=-1e9)  # flags everything
-    out = p.predict_images([png(255 - model.x[0])])
-    assert out[0].rejected and out[0].reason == "not digit-like (detector)" and out[0].label == str(model.y[0])
+    flag_all = {"confidence_threshold": 0.0, "detector_threshold": -1e9}
+    p.rejection = Rejection(p.rejection.policy.model_copy(update=flag_all), p.rejection.detector)
+    out = p.predict_images(png(255 - model.x[0]))  # one image, not in a list
+    assert out[0].rejected and out[0].reason == REASON_NOT_A_DIGIT and out[0].label == str(model.y[0])
+    assert repr(out[0]) == f"ImagePrediction('#0': not read, {REASON_NOT_A_DIGIT}; best guess {model.y[0]})"
     assert out[0].record()["nondigit_score"] == pytest.approx(out[0].nondigit_score, abs=1e-6)
 
 
@@ -121,9 +131,9 @@ def test_predict_returns_labels_top_k_and_rejection(model) -> None:
     assert len(top) == 3 and top[0][0] == out.labels[0] and top[0][1] >= top[1][1] >= top[2][1]
     assert np.array_equal(out.rejected, (out.confidence < p.threshold) | (out.nondigit_score > p.detector_threshold))
     assert p.predict(model.x, min_confidence=1.0).rejected.all()
-    assert np.array_equal(p.predict(model.x, min_confidence=0.0).rejected, out.not_digit_like)
+    assert np.array_equal(p.predict(model.x, min_confidence=0.0).rejected, out.nondigit_score > p.detector_threshold)
     record = out.record(0)
-    assert set(record) == {"label", "confidence", "rejected", "nondigit_score", "top_k", "probabilities"}
+    assert set(record) == {"label", "confidence", "rejected", "reason", "nondigit_score", "top_k", "probabilities"}
     json.dumps(record)
 
 
@@ -139,8 +149,20 @@ def test_predict_images_prepares_and_says_why_it_rejects(model) -> None:
     assert [o.source for o in out] == ["blank", "noise", "blob", "digit"]
     assert out[0].rejected and out[0].reason == "no digit found" and out[0].label is None
     assert out[1].rejected and out[1].reason == "no digit found"  # scattered ink is noise
-    assert out[2].rejected and "not digit-like" in (out[2].reason or "")
+    assert out[2].rejected and out[2].reason in (REASON_BLOB, REASON_NOT_A_DIGIT)
     assert out[3].prepared.found and out[3].prepared.inverted and out[3].label == str(model.y[0])
+
+
+def test_predict_images_takes_one_image_or_many(model, tmp_path: Path) -> None:
+    p = Predictor.from_run(model.run)
+    f = next(model.images.glob("d0_*.png"))
+    one = p.predict_images(str(f))  # a path string is one image, not a list of characters
+    assert len(one) == 1 and one[0].source == str(f) and one[0].label == str(model.y[0])
+    assert len(p.predict_images(f)) == 1 and len(p.predict_images(Image.open(f))) == 1
+    assert len(p.predict_images(f.read_bytes())) == 1 and len(p.predict_images(255 - model.x[0])) == 1
+    assert len(p.predict_images(255 - model.x[:3])) == 3  # an (N, H, W) stack is N images
+    assert p.predict_image(f).label == one[0].label
+    assert "\n" not in repr(one[0]) and len(repr(one[0])) < 120  # one line, no pixel array
 
 
 def test_from_path_refuses_what_it_cannot_load(model, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import pytest
 from conftest import chromium_path
 from digitlab.evaluation.evaluate import evaluate_run
 from digitlab.evaluation.report import write_report
+from digitlab.inference.rejection import calibrate_run
 from digitlab.training import config_from_recipe, train_run
 
 pytestmark = pytest.mark.mnist
@@ -18,6 +19,7 @@ TINY = ["data.train_subset=400", "data.n_val=200", "train.batch_size=50", "train
 def report_html(tmp_path_factory: pytest.TempPathFactory, mnist_dataset) -> Path:
     cfg = config_from_recipe("fast", TINY)
     run = train_run(cfg, out_root=tmp_path_factory.mktemp("runs"), show_progress=False).run_dir
+    calibrate_run(run)
     evaluate_run(run, robustness=True, robustness_samples=100)
     html, _ = write_report(run)
     return html

@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 from digitlab.cli import app as cli_app
 from digitlab.inference import Predictor
+from digitlab.inference.rejection import REASON_UNSURE
 from digitlab.inference.strings import compose_line
 from digitlab.serve import ServeSettings, create_app, get_predictor
 from digitlab.serve import app as serve_module
@@ -151,7 +152,7 @@ def test_predict_pixels_skips_preparation(served) -> None:
 def test_min_confidence_and_a_blank_image_reject(served) -> None:
     out = served.client.post("/v1/predict?min_confidence=1", json={"pixels": served.x[0].tolist()}).json()
     assert out["rejected"] is (out["confidence"] < 1.0)
-    assert out["reason"] == ("low confidence" if out["rejected"] else None)
+    assert out["reason"] == (REASON_UNSURE if out["rejected"] else None)
     blank = png(np.full((64, 64), 250, np.uint8))
     out = served.client.post("/v1/predict", files={"file": ("blank.png", blank, "image/png")}).json()
     assert out["found"] is False and out["rejected"] and out["label"] is None and out["reason"] == "no digit found"
