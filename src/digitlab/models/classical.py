@@ -4,21 +4,23 @@ Usage::
 
     model = create_model("knn", n_neighbors=3)
     model.fit(train_images, train_labels)          # (N, 28, 28) uint8, (N,)
-    scores = model.predict_proba(test_images)      # (N, 10)
-    model.save(path); ClassicalModel.load(path)    # skops format, no pickle
+    scores = model.predict_scores(test_images)     # (N, 10): probabilities, or the SVM's decision function
+    model.save(path); ClassicalModel.load(path, model.name, model.config)   # skops format, no pickle
 
 Each pipeline scales pixels, optionally extracts PCA or HOG features, then fits the estimator.
 Hyperparameters are ``__init__`` kwargs (the typed config); learned state lives in the fitted
 pipeline. Files are written with skops; loading refuses any type outside an explicit allowlist,
 because loading a pickle-like file is running code.
+
+The configs and registry entries live in ``digitlab.models.classical_configs``, so the registry does
+not import scikit-learn; skops is imported only to save or load.
 """
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import skops.io as sio
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
@@ -29,7 +31,14 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import SVC
 
 from digitlab.core.fileio import atomic_path
-from digitlab.models.registry import ModelConfig, ModelError, register_model
+from digitlab.models.classical_configs import (
+    ClassicalConfig,
+    KNNConfig,
+    LogisticConfig,
+    RandomForestConfig,
+    SVMConfig,
+)
+from digitlab.models.registry import ModelError
 
 PIXEL_MAX = 255.0
 
@@ -74,37 +83,6 @@ class HOGFeatures(TransformerMixin, BaseEstimator):
 
 def _to_unit(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float32) / PIXEL_MAX
-
-
-class ClassicalConfig(ModelConfig):
-    features: Literal["pixels", "pca", "hog"] = "pixels"
-    pca_components: int = 50
-    standardize: bool = False
-
-
-class SVMConfig(ClassicalConfig):
-    features: Literal["pixels", "pca", "hog"] = "pca"
-    C: float = 10.0
-    kernel: Literal["rbf", "linear", "poly"] = "rbf"
-    gamma: float | Literal["scale", "auto"] = "scale"
-
-
-class KNNConfig(ClassicalConfig):
-    n_neighbors: int = 3
-    weights: Literal["uniform", "distance"] = "uniform"
-
-
-class RandomForestConfig(ClassicalConfig):
-    n_estimators: int = 100
-    max_depth: int | None = None
-    n_jobs: int = -1
-    random_state: int = 0
-
-
-class LogisticConfig(ClassicalConfig):
-    standardize: bool = True
-    C: float = 1.0
-    max_iter: int = 200
 
 
 class ClassicalModel:
@@ -168,6 +146,8 @@ class ClassicalModel:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the fitted pipeline in skops format, atomically."""
+        import skops.io as sio  # about a second to import: only saving and loading need it
+
         path = Path(path)
         with atomic_path(path) as tmp:
             sio.dump(self.pipeline, tmp)
@@ -181,6 +161,8 @@ class ClassicalModel:
             ModelError: the file holds a type outside skops' defaults and digitlab's allowlist
                 (it was not written by digitlab, and loading it could run code), or is unreadable.
         """
+        import skops.io as sio
+
         try:
             untrusted = sio.get_untrusted_types(file=path)
         except Exception as e:  # skops raises a variety of errors for non-skops files
@@ -204,20 +186,17 @@ def _pipeline(cfg: ClassicalConfig, estimator: BaseEstimator) -> Pipeline:
     return Pipeline(steps)
 
 
-@register_model("svm", SVMConfig, kind="classical")
 def build_svm(cfg: SVMConfig) -> ClassicalModel:
     """Support vector machine (RBF kernel by default, on 50 PCA components)."""
     return ClassicalModel("svm", cfg, _pipeline(cfg, SVC(C=cfg.C, kernel=cfg.kernel, gamma=cfg.gamma)))
 
 
-@register_model("knn", KNNConfig, kind="classical")
 def build_knn(cfg: KNNConfig) -> ClassicalModel:
     """k-nearest neighbours on pixels."""
     est = KNeighborsClassifier(n_neighbors=cfg.n_neighbors, weights=cfg.weights, algorithm="brute", n_jobs=-1)
     return ClassicalModel("knn", cfg, _pipeline(cfg, est))
 
 
-@register_model("random-forest", RandomForestConfig, kind="classical")
 def build_random_forest(cfg: RandomForestConfig) -> ClassicalModel:
     """Random forest on pixels."""
     est = RandomForestClassifier(n_estimators=cfg.n_estimators, max_depth=cfg.max_depth, n_jobs=cfg.n_jobs,
@@ -225,7 +204,6 @@ def build_random_forest(cfg: RandomForestConfig) -> ClassicalModel:
     return ClassicalModel("random-forest", cfg, _pipeline(cfg, est))
 
 
-@register_model("logistic", LogisticConfig, kind="classical")
 def build_logistic(cfg: LogisticConfig) -> ClassicalModel:
     """Multinomial logistic regression on standardised pixels."""
     return ClassicalModel("logistic", cfg, _pipeline(cfg, LogisticRegression(C=cfg.C, max_iter=cfg.max_iter)))

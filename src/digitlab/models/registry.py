@@ -113,4 +113,5 @@ def count_parameters(model: Any) -> int:
 
 def _ensure_loaded() -> None:
     # The families register themselves on import; importing here keeps one way in.
-    from digitlab.models import classical, cnn, mlp, resnet, rnn  # noqa: F401
+    # classical_configs, not classical: the registry does not import scikit-learn.
+    from digitlab.models import classical_configs, cnn, mlp, resnet, rnn  # noqa: F401
