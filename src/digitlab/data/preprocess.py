@@ -4,7 +4,8 @@ Usage::
 
     spec = compute_preprocess_spec(train_images)           # mean/std of the training split only
     spec.to_json()  /  PreprocessSpec.from_json(text)      # round-trips exactly
-    x = spec.normalize(batch_uint8)                        # (B, 28, 28) uint8 -> (B, 1, 28, 28) float
+    x = spec.normalize(torch.from_numpy(batch_uint8))      # (B, 28, 28) uint8 -> (B, 1, 28, 28) float32
+    x = spec.normalize_array(batch_uint8)                  # the same for NumPy arrays
 
 Training, evaluation, prediction, the ONNX export and the service all feed a model through one
 spec, so a model is never fed differently at inference than in training.

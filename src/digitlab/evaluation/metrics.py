@@ -2,7 +2,7 @@
 
 Usage::
 
-    m = classification_metrics(test_labels, softmax(test_logits), class_names)
+    m = classification_metrics(test_labels, scipy.special.softmax(test_logits, axis=1), class_names)
     ece = expected_calibration_error(test_labels, proba)
 
 Everything scikit-learn computes (report, balanced accuracy, top-k, log loss, ROC AUC, confusion

@@ -2,7 +2,7 @@
 
 Usage::
 
-    result = train_run(resolve_config(load_recipe("default")), out_root="runs")
+    result = train_run(config_from_recipe("default", ["train.epochs=3"]), out_root="runs")
     result = resume_run("runs/20261121-101500-cnn-default")     # after a kill
 
 Neural models: seeded batches from memory, optional batch augmentation, a per-step lr schedule,
