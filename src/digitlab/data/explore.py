@@ -9,25 +9,27 @@ of each class, the pixel intensity histogram, per-class ink statistics (ink area
 thickness, bounding box) and a 2-D PCA scatter of a sample. Every statistic is computed on whole
 arrays at once, without a float copy of the training set. Empty splits and single-class datasets
 give (emptier) figures, not errors.
+
+Figures are drawn on explicit Agg canvases, never through pyplot: importing or calling this module
+leaves the caller's matplotlib backend and open figures alone. matplotlib and scikit-learn are
+imported when the figures are drawn, not when the module is imported.
 """
 
 import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt
 import numpy as np
-from sklearn.decomposition import PCA
 
 from digitlab.core.fileio import atomic_path, atomic_write_text
 from digitlab.data.check import class_counts, flatten_images
 from digitlab.data.errors import FileAccessError, os_reason
 from digitlab.data.loading import Dataset
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # A pixel counts as ink at half intensity or more (MNIST strokes are anti-aliased at the edges).
 INK_THRESHOLD = 128
@@ -102,18 +104,26 @@ def _make_out_dir(out: Path) -> None:
         raise FileAccessError(f"{out}: cannot create the folder: {os_reason(e)}") from None
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
-    finally:
-        plt.close(fig)  # also when the write failed: pyplot keeps every open figure alive
+def _new_figure(figsize: tuple[float, float]) -> "Figure":
+    """A figure with its own Agg canvas: files only, without pyplot's global backend and figure list."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: "Figure", path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
 
 
 def _plot_samples(ds: Dataset, rng: np.random.Generator, path: Path) -> None:
     k, n = ds.spec.n_classes, N_SAMPLES_PER_CLASS
     # squeeze=False: axes stays (k, n) even for a single class.
-    fig, axes = plt.subplots(k, n, figsize=(n * 0.75 + 1.2, k * 0.75 + 0.6), squeeze=False)
+    fig = _new_figure((n * 0.75 + 1.2, k * 0.75 + 0.6))
+    axes = fig.subplots(k, n, squeeze=False)
     for c in range(k):
         idx = np.flatnonzero(ds.train_labels == c)
         pick = rng.choice(idx, size=min(n, idx.size), replace=False) if idx.size else []
@@ -134,7 +144,8 @@ def _plot_samples(ds: Dataset, rng: np.random.Generator, path: Path) -> None:
 def _plot_distribution(ds: Dataset, counts: dict[str, np.ndarray], path: Path) -> None:
     k = ds.spec.n_classes
     x = np.arange(k)
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig = _new_figure((9, 4.5))
+    ax = fig.subplots()
     for offset, split, color in ((-0.2, "train", "tab:blue"), (0.2, "test", "tab:orange")):
         pct = 100 * counts[split] / max(counts[split].sum(), 1)
         bars = ax.bar(x + offset, pct, width=0.4, color=color,
@@ -154,7 +165,8 @@ def _plot_means(ds: Dataset, means: np.ndarray, path: Path) -> None:
     k = ds.spec.n_classes
     cols = min(5, k)
     rows = -(-k // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.8 + 1.0, rows * 2.0), squeeze=False)
+    fig = _new_figure((cols * 1.8 + 1.0, rows * 2.0))
+    axes = fig.subplots(rows, cols, squeeze=False)
     image = None
     for c, ax in enumerate(axes.ravel()):
         ax.axis("off")
@@ -167,7 +179,8 @@ def _plot_means(ds: Dataset, means: np.ndarray, path: Path) -> None:
 
 
 def _plot_histogram(ds: Dataset, hists: dict[str, np.ndarray], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig = _new_figure((9, 4.5))
+    ax = fig.subplots()
     # Train as a filled area, test as a line on top: the two nearly coincide on MNIST.
     for split, color in (("train", "tab:blue"), ("test", "tab:orange")):
         share = 100 * hists[split] / max(hists[split].sum(), 1)
@@ -195,7 +208,8 @@ def _plot_ink(ds: Dataset, stats: dict[str, np.ndarray], path: Path) -> None:
         ("bbox_width", "bounding box width (px)"),
     ]
     k = ds.spec.n_classes
-    fig, axes = plt.subplots(2, 2, figsize=(12, 7.5))
+    fig = _new_figure((12, 7.5))
+    axes = fig.subplots(2, 2)
     for ax, (key, label) in zip(axes.ravel(), panels, strict=True):
         data = [stats[key][ds.train_labels == c] for c in range(k)]
         ax.boxplot(data, showfliers=False, medianprops={"color": "tab:red"})
@@ -212,8 +226,11 @@ def _plot_ink(ds: Dataset, stats: dict[str, np.ndarray], path: Path) -> None:
 
 
 def _plot_pca(ds: Dataset, coords: np.ndarray, labels: np.ndarray, evr: np.ndarray, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 7))
-    cmap = plt.get_cmap("tab10")
+    from matplotlib import colormaps
+
+    fig = _new_figure((8, 7))
+    ax = fig.subplots()
+    cmap = colormaps["tab10"]
     for c in range(ds.spec.n_classes):
         m = labels == c
         ax.scatter(coords[m, 0], coords[m, 1], s=5, alpha=0.6, color=cmap(c % 10),
@@ -262,6 +279,8 @@ def explore_dataset(ds: Dataset, out_dir: str | Path, *, seed: int = 0) -> dict[
     n_pca = min(N_PCA_SAMPLES, len(ds.train_images))
     pick = rng.choice(len(ds.train_images), size=n_pca, replace=False)
     if n_pca >= 2:  # two components need two images
+        from sklearn.decomposition import PCA
+
         pca = PCA(n_components=2, random_state=seed)
         coords = pca.fit_transform(flatten_images(ds.train_images[pick]).astype(np.float32) / 255)
         evr = pca.explained_variance_ratio_

@@ -16,7 +16,6 @@ measures with), filled blobs, and strokes too thick to be writing. Generated in 
 import io
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage as ndi
@@ -95,6 +94,8 @@ def _blob(rng: np.random.Generator) -> np.ndarray:
 
 def synthetic_nondigits(n: int, *, seed: int = 0, kinds: tuple[str, ...] = KINDS) -> np.ndarray:
     """``n`` non-digit images ``(n, 28, 28)`` uint8 in MNIST's convention, the kinds in equal shares."""
+    import matplotlib  # only for its bundled fonts; a few hundred ms to import
+
     rng = np.random.default_rng(seed)
     font_dir = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
     fonts = [ImageFont.truetype(str(font_dir / f), size) for f in TRAIN_FONTS for size in (34, 42)]

@@ -9,7 +9,6 @@ validation only.
 """
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from digitlab.data.errors import DataError
 
@@ -37,6 +36,8 @@ def split_train_val(
         return np.arange(n), np.empty(0, dtype=np.int64)
     if not 0 < n_val < n:
         raise DataError(f"validation size {n_val} must be between 0 and {n - 1} (the training set has {n})")
+    from sklearn.model_selection import train_test_split  # a second or more to import: only here
+
     try:
         train_idx, val_idx = train_test_split(
             np.arange(n), test_size=n_val, stratify=labels, random_state=seed
