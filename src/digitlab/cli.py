@@ -6,22 +6,24 @@ Expected failures (a ``DigitlabError`` or a bad option) print one line on stderr
 never a traceback.
 """
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from digitlab import __version__
 from digitlab.core.errors import DigitlabError
 from digitlab.data.check import check_dataset
 from digitlab.data.datasets import get_dataset, list_datasets
 from digitlab.data.loading import load_dataset
-from digitlab.data.sources import fetch_dataset
+from digitlab.data.sources import dataset_folder, fetch_dataset
 
 EXIT_USAGE = 2
 out = Console(soft_wrap=True)
@@ -35,7 +37,7 @@ class _Group(TyperGroup):
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
         except typer.TyperException as e:  # bad option, missing argument, bad value
-            _fail(e.format_message(), EXIT_USAGE)
+            _fail(e.format_message().replace("Value error, ", ""), EXIT_USAGE)
         except DigitlabError as e:
             _fail(str(e), e.exit_code)
         except OSError as e:  # a file or folder the user named is unusable
@@ -46,6 +48,24 @@ class _Group(TyperGroup):
         except typer.Abort:
             _fail("aborted", 130)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        _show_flags_as_flags(self, ctx)
+        return super().get_params(ctx)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _show_flags_as_flags(command, ctx)
+        return command
+
+
+def _show_flags_as_flags(command: Any, ctx: Any) -> None:
+    """Typer 0.29's rich help prints every option's type, a flag's too (``--json <bool>``), as if it took a
+    value; its plain help leaves it out for flags. An empty metavar is what the panel prints instead."""
+    for param in [*command.params, command.get_help_option(ctx)]:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
 
 
 def _fail(message: str, code: int) -> None:
@@ -60,7 +80,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Fetch, check and explore datasets.")
+data_app = typer.Typer(cls=_Group, help="Fetch, check and explore datasets.")
 app.add_typer(data_app, name="data")
 
 
@@ -101,6 +121,14 @@ DataDirOpt = Annotated[
     typer.Option("--data-dir", help="Folder holding the files (or a <dataset> subfolder), searched first.",
                  exists=True, file_okay=False),
 ]
+# Choices as the parser's (spelt here: importing the library's lists would load torch and optuna for --help).
+Polarity = Literal["auto", "dark-on-light", "light-on-dark"]  # inference.prepare.POLARITIES
+Backend = Literal["auto", "torch", "onnx"]  # Predictor.from_path
+Device = Literal["auto", "cpu", "cuda"]  # models.runtime.resolve_device
+ExportFormat = Literal["onnx", "hub"]
+Quantize = Literal["int8"]  # export.onnx.QUANTIZE_CHOICES
+Sampler = Literal["tpe", "random", "grid", "cmaes"]  # tuning.study.SAMPLERS
+Pruner = Literal["median", "hyperband", "none"]  # tuning.study.PRUNERS
 
 
 @data_app.command("fetch")
@@ -119,6 +147,19 @@ def data_fetch(
     for role, f in found.items():
         table.add_row(spec.files[role].filename, f.source, str(f.path))
     out.print(table)
+
+
+@data_app.command("path")
+def data_path(
+    dataset: DatasetOpt = "mnist",
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Print the folder that holds the dataset's verified files (found as `fetch` finds them; no download).
+
+    Without --data-dir the folder is named after the dataset, so its parent serves as DIGITLAB_DATA_DIR:
+    DIGITLAB_DATA_DIR="$(dirname "$(digitlab data path)")" (as `make test` does).
+    """
+    typer.echo(dataset_folder(get_dataset(dataset), data_dir))
 
 
 def _print_check_report(report: Any) -> None:
@@ -199,6 +240,17 @@ def _log(line: str) -> None:
     err.print(line, highlight=False)
 
 
+def _print_keys(cfg: Any) -> None:
+    from digitlab.training.recipes import settable_keys
+
+    table = Table(title=f"--set keys (recipe {cfg.recipe}, model {cfg.model.name}; N: a list index)")
+    for column in ("key", "type", "default", "description"):
+        table.add_column(column, overflow="fold")
+    for k in settable_keys(cfg):
+        table.add_row(k.key, k.type, k.default, k.description)
+    out.print(table, highlight=False, markup=False)
+
+
 @app.command("train")
 def train(
     recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe name (see --list-recipes) or YAML file.")]
@@ -214,6 +266,8 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, only one log line per epoch.")]
     = False,
     list_all: Annotated[bool, typer.Option("--list-recipes", help="List the shipped recipes and exit.")] = False,
+    list_keys: Annotated[bool, typer.Option("--list-keys", help="List every --set key with its type and default "
+                                            "(model.args.* for the recipe's model) and exit.")] = False,
     nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="Train data-parallel in N processes on this "
                                               "machine (torchrun's launcher; one per GPU on CUDA).")] = None,
 ) -> None:
@@ -228,6 +282,9 @@ def train(
         _print_named(list_recipes(), "recipes (digitlab train --recipe NAME)")
         return
     sets = list(overrides or []) + ([f"seed={seed}"] if seed is not None else [])
+    if list_keys:
+        _print_keys(config_from_recipe(recipe, sets))
+        return
     if resume is not None and sets:
         raise typer.BadParameter("--resume continues a run with its own config: drop --set and --seed")
     if nproc is not None:  # run this same command as N ranks, once the config is known to be good
@@ -315,7 +372,7 @@ def compare(
                                                exists=True, file_okay=False)],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the leaderboard and figures.",
                                           file_okay=False)] = Path("runs/compare"),
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (for runs not evaluated yet).")]
+    device: Annotated[Device, typer.Option("--device", help="Where runs not evaluated yet are measured.")]
     = "auto",
 ) -> None:
     """Rank evaluated runs: accuracy, F1, size, training and inference speed, calibration."""
@@ -356,26 +413,36 @@ def predict(
         "threshold chosen on validation by `digitlab evaluate`).")] = None,
     save_prepared: Annotated[Path | None, typer.Option("--save-prepared", file_okay=False, help="Write the 28x28 "
                                                        "image the model saw for each input to this folder.")] = None,
-    csv_path: Annotated[Path | None, typer.Option("--csv", dir_okay=False, help="Write one row per image here "
-                                                  "(default for folders: predictions.csv).")] = None,
-    polarity: Annotated[str, typer.Option("--polarity", help="auto, dark-on-light (ink on paper) or "
-                                          "light-on-dark (MNIST-like).")] = "auto",
+    csv_path: Annotated[Path | None, typer.Option("--csv", dir_okay=False, help="Also write one row per image to "
+                                                  "this CSV file (never over an existing one without --force).")]
+    = None,
+    force: Annotated[bool, typer.Option("--force", help="Let --csv replace an existing file.")] = False,
+    polarity: Annotated[Polarity, typer.Option("--polarity", help="Ink on paper (dark-on-light), MNIST-like "
+                                               "(light-on-dark), or auto.")] = "auto",
     deskew: Annotated[bool, typer.Option("--deskew", help="Straighten slanted digits first.")] = False,
-    backend: Annotated[str, typer.Option("--backend", help="auto, torch or onnx.")] = "auto",
+    backend: Annotated[Backend, typer.Option("--backend", help="auto: torch where weights exist, else ONNX "
+                                             "Runtime.")] = "auto",
 ) -> None:
-    """Read digits in real images (photos, scans, drawings), prepared the way MNIST's digits were."""
+    """Read digits in real images (photos, scans, drawings), prepared the way MNIST's digits were.
+
+    One line per image on stdout (one JSON document with --json; also a CSV with --csv FILE), then one summary
+    line on stderr: N images: a read, b rejected (c with no digit found), d unreadable.
+
+    Exit status: 0 when every image was read or rejected (a rejection, no digit found included, is an answer);
+    2 when an image file is unreadable (the other images are still predicted and reported), and for a bad
+    option, a model that cannot load, or an existing --csv FILE without --force.
+    """
     from digitlab.inference import Predictor
     from digitlab.inference.batch import FileFailure, find_images, predict_files, write_csv
     from digitlab.inference.batch import save_prepared as save_image
-    from digitlab.inference.prepare import POLARITIES
 
-    if polarity not in POLARITIES:
-        raise typer.BadParameter(f"--polarity must be one of {', '.join(POLARITIES)}, not {polarity!r}")
+    _refuse_existing(csv_path, force)  # before any work, not after minutes of it
     predictor = Predictor.from_path(model, backend=backend)
     files = find_images(images)
     folder_given = any(p.is_dir() for p in images)
     if multi:
-        _predict_multi(predictor, files, as_json=as_json, min_confidence=min_confidence, polarity=polarity)
+        _predict_multi(predictor, files, as_json=as_json, min_confidence=min_confidence, polarity=polarity,
+                       csv_path=csv_path, force=force)
         return
     results: list[Any] = []
     kw: dict[str, Any] = {"top_k": top_k, "min_confidence": min_confidence, "polarity": polarity, "deskew": deskew}
@@ -396,23 +463,44 @@ def predict(
         for r in results:
             if not isinstance(r, FileFailure):
                 save_image(r, save_prepared, taken=taken)
-    if csv_path is not None or folder_given:
-        written = write_csv(csv_path or Path("predictions.csv"), results)
-        err.print(f"written: {written}")
+    if csv_path is not None:
+        with _new_file(csv_path, force) as tmp:
+            write_csv(tmp, results)
+        err.print(f"written: {csv_path}", highlight=False)
     if as_json:
         typer.echo(json.dumps({"model": str(model), "threshold": predictor.threshold if min_confidence is None
                                else min_confidence, "predictions": [r.record() for r in results]}, indent=2))
-    elif not folder_given or len(files) <= 50:
+    else:
         for r in results:
             out.print(_prediction_line(r), highlight=False, markup=False)
-    counts = {"read": sum(1 for r in results if not isinstance(r, FileFailure) and not r.rejected),
-              "rejected": sum(1 for r in results if not isinstance(r, FileFailure) and r.rejected),
-              "unreadable": len(single_bad)}
-    if len(files) > 1:
-        err.print(f"{len(files)} images: {counts['read']} read, {counts['rejected']} rejected, "
-                  f"{counts['unreadable']} unreadable")
+    readable = [r for r in results if not isinstance(r, FileFailure)]
+    _print_summary(len(files), read=sum(not r.rejected for r in readable),
+                   rejected=sum(bool(r.rejected) for r in readable),
+                   no_digit=sum(not r.prepared.found for r in readable), unreadable=len(single_bad))
     if single_bad:
         raise typer.Exit(EXIT_USAGE)
+
+
+def _refuse_existing(path: Path | None, force: bool) -> None:
+    if path is not None and path.exists() and not force:
+        raise DigitlabError(f"{path}: already exists (--force replaces it)")
+
+
+@contextlib.contextmanager
+def _new_file(path: Path, force: bool) -> Iterator[Path]:
+    """A temp path renamed onto ``path`` on success; without ``force`` never over a file that appeared meanwhile."""
+    from digitlab.core.fileio import atomic_path
+
+    try:
+        with atomic_path(path, overwrite=force) as tmp:
+            yield tmp
+    except FileExistsError:
+        raise DigitlabError(f"{path}: already exists (--force replaces it)") from None
+
+
+def _print_summary(n: int, *, read: int, rejected: int, no_digit: int, unreadable: int) -> None:
+    err.print(f"{n} image{'s' if n != 1 else ''}: {read} read, {rejected} rejected ({no_digit} with no digit "
+              f"found), {unreadable} unreadable", highlight=False)
 
 
 def _prediction_line(r: Any) -> str:
@@ -426,43 +514,68 @@ def _prediction_line(r: Any) -> str:
     return f"{r.source}: {r.label} ({r.confidence:.3f})  [{top}]"
 
 
+MULTI_CSV_FIELDS = ("source", "text", "confidence", "found", "digits", "error")
+
+
 def _predict_multi(predictor: Any, files: list[Path], *, as_json: bool, min_confidence: float | None,
-                   polarity: str) -> None:
+                   polarity: str, csv_path: Path | None, force: bool) -> None:
+    from digitlab.core.fileio import write_csv_rows
+    from digitlab.inference.prepare import ImageError
     from digitlab.inference.strings import read_digits
 
-    records = []
+    records: list[dict[str, Any]] = []
     for f in files:
-        line = read_digits(f, predictor, polarity=polarity, min_confidence=min_confidence)  # type: ignore[arg-type]
+        try:
+            line = read_digits(f, predictor, polarity=polarity, min_confidence=min_confidence)  # type: ignore[arg-type]
+        except ImageError as e:
+            if len(files) == 1:
+                raise
+            records.append({"source": str(f), "error": str(e)})
+            if not as_json:
+                out.print(f"error: {e}", highlight=False, markup=False)
+            continue
         records.append({"source": str(f), "text": line.text, "confidence": line.confidence, "found": line.found,
                         "digits": [{"label": d.label, "confidence": d.confidence, "box": list(d.box),
                                     "rejected": d.rejected} for d in line.digits]})
         if not as_json:
             digits = " ".join(f"{d.label}:{d.confidence:.2f}" for d in line.digits)
             out.print(f"{f}: {line.text or 'no digits found'}  [{digits}]", highlight=False, markup=False)
+    if csv_path is not None:
+        rows = [{**r, "confidence": f"{r['confidence']:.6f}" if "confidence" in r else "",
+                 "digits": " ".join(f"{d['label']}:{d['confidence']:.4f}" for d in r.get("digits", []))}
+                for r in records]
+        with _new_file(csv_path, force) as tmp:
+            write_csv_rows(tmp, MULTI_CSV_FIELDS, rows)
+        err.print(f"written: {csv_path}", highlight=False)
     if as_json:
         typer.echo(json.dumps({"model": str(predictor.source), "strings": records}, indent=2))
+    lines = [r for r in records if "error" not in r]
+    unreadable = len(records) - len(lines)
+    _print_summary(len(files), read=sum(r["found"] and not any(d["rejected"] for d in r["digits"]) for r in lines),
+                   rejected=sum(not r["found"] or any(d["rejected"] for d in r["digits"]) for r in lines),
+                   no_digit=sum(not r["found"] for r in lines), unreadable=unreadable)
+    if unreadable:
+        raise typer.Exit(EXIT_USAGE)
 
 
 @app.command("export")
 def export(
     run: Annotated[Path, typer.Argument(help="A run directory written by `digitlab train` (a torch model).",
                                         exists=True, file_okay=False)],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="onnx (RUN/export/model.onnx) or hub (RUN/export/hub/: "
-                                     "weights, ONNX, preprocessing, calibration, model card).")] = "onnx",
-    quantize: Annotated[str | None, typer.Option("--quantize", help="int8: also a static INT8 model calibrated on "
-                                                 "training images, with its test accuracy (--format onnx).")] = None,
+    fmt: Annotated[ExportFormat, typer.Option("--format", "-f", help="onnx (RUN/export/model.onnx) or hub "
+                                              "(RUN/export/hub/: weights, ONNX, preprocessing, calibration, model "
+                                              "card).")] = "onnx",
+    quantize: Annotated[Quantize | None, typer.Option("--quantize", help="int8: also a static INT8 model calibrated "
+                                                      "on training images, with its test accuracy (--format onnx).")]
+    = None,
     out_path: Annotated[Path | None, typer.Option("--out", help="The .onnx file or the hub folder to write.")]
     = None,
     opset: Annotated[int, typer.Option("--opset", min=17, help="ONNX opset, 17 or newer.")] = 17,
 ) -> None:
     """Export a run: an ONNX file checked against torch (optionally INT8), or a hub-ready folder with a model card."""
     from digitlab.export.hub import export_hub
-    from digitlab.export.onnx import QUANTIZE_CHOICES, export_onnx
+    from digitlab.export.onnx import export_onnx
 
-    if fmt not in ("onnx", "hub"):
-        raise typer.BadParameter(f"--format must be onnx or hub, not {fmt!r}")
-    if quantize is not None and quantize not in QUANTIZE_CHOICES:
-        raise typer.BadParameter(f"--quantize must be {' or '.join(QUANTIZE_CHOICES)}, not {quantize!r}")
     if quantize is not None and fmt == "hub":
         raise typer.BadParameter("--quantize goes with --format onnx (the hub folder holds the fp32 model)")
     if fmt == "hub":
@@ -578,8 +691,9 @@ def tune(
                                                 "folder; PostgreSQL for workers on several machines).")] = None,
     study: Annotated[str | None, typer.Option("--study", help="Study name (default: RECIPE-SPACE).")] = None,
     n_jobs: Annotated[int, typer.Option("--n-jobs", "-j", min=1, help="Worker processes on this machine.")] = 1,
-    sampler: Annotated[str, typer.Option("--sampler", help="tpe, random, grid or cmaes.")] = "tpe",
-    pruner: Annotated[str, typer.Option("--pruner", help="median, hyperband or none.")] = "median",
+    sampler: Annotated[Sampler, typer.Option("--sampler", help="How trials pick their parameters.")] = "tpe",
+    pruner: Annotated[Pruner, typer.Option("--pruner", help="How unpromising trials are stopped early.")]
+    = "median",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an existing study.")] = False,
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="Override a recipe key in every trial (repeatable).")
@@ -592,16 +706,12 @@ def tune(
 ) -> None:
     """Tune a recipe with Optuna on the validation split; write the trials, figures and the best recipe."""
     from digitlab.tuning.space import list_spaces
-    from digitlab.tuning.study import PRUNERS, SAMPLERS, TuneOptions
+    from digitlab.tuning.study import TuneOptions
     from digitlab.tuning.study import tune as run_tune
 
     if list_all:
         _print_named(list_spaces(), "search spaces (digitlab tune --space NAME)")
         return
-    if sampler not in SAMPLERS:
-        raise typer.BadParameter(f"--sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
-    if pruner not in PRUNERS:
-        raise typer.BadParameter(f"--pruner must be one of {', '.join(PRUNERS)}, not {pruner!r}")
     opts = TuneOptions(recipe=recipe, space=space, trials=trials, timeout=timeout, storage=storage, study=study,
                        n_jobs=n_jobs, sampler=sampler, pruner=pruner, resume=resume, overrides=list(overrides or []),
                        out_root=str(out_root), seed=seed, worker=worker)

@@ -428,8 +428,9 @@ def dataset_folder(spec: DatasetSpec, data_dir: str | os.PathLike[str] | None = 
     missing = [spec.files[r].filename for r, f in found.items() if f is None]
     if missing:
         looked = ", ".join(str(d) for _, d in dirs)
-        raise DatasetNotFoundError(f"{spec.name}: {', '.join(missing)} not found (looked in {looked}): "
-                                   f"`digitlab data fetch --dataset {spec.name}` gets them")
+        what = "not found" if len(missing) == len(spec.files) else f"{', '.join(missing)} not found"
+        raise DatasetNotFoundError(f"{spec.name}: {what} (looked in {looked}): `digitlab data fetch --dataset "
+                                   f"{spec.name}` gets them")
     folders = sorted({f.path.parent for f in found.values() if f is not None})
     if len(folders) > 1:
         raise DatasetNotFoundError(f"{spec.name}: the files lie in several folders ({', '.join(map(str, folders))}); "
