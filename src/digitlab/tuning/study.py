@@ -35,14 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # Optuna's figures go through pyplot; never a window
-
-import matplotlib.pyplot as plt
 import optuna
 import sqlalchemy
-from optuna.visualization import matplotlib as ovm
 
 from digitlab.core.config import dump_config
 from digitlab.core.fileio import atomic_path, atomic_write_text
@@ -410,6 +404,20 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
 
 
 def _figures(study: optuna.Study, folder: Path) -> dict[str, str]:
+    import matplotlib
+
+    # Optuna draws through pyplot. Files only, never a window: Agg, unless the caller already uses pyplot.
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    callers = set(plt.get_fignums())  # the caller's open figures stay open
+
+    def close_ours() -> None:
+        for num in set(plt.get_fignums()) - callers:
+            plt.close(num)
+
     plots = {"optimization_history": ovm.plot_optimization_history, "param_importances": ovm.plot_param_importances,
              "parallel_coordinate": ovm.plot_parallel_coordinate, "slice": ovm.plot_slice}
     out = {}
@@ -419,14 +427,14 @@ def _figures(study: optuna.Study, folder: Path) -> dict[str, str]:
             try:
                 axes = fn(study)
             except (ValueError, RuntimeError):  # e.g. importances need two finished trials with varied params
-                plt.close("all")
+                close_ours()
                 continue
         first = axes.ravel()[0] if hasattr(axes, "ravel") else axes
         fig = first.figure
         fig.set_size_inches(max(fig.get_figwidth(), 9), max(fig.get_figheight(), 5))
         with atomic_path(folder / f"{key}.png") as tmp:
             fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-        plt.close("all")
+        close_ours()
         out[key] = f"{key}.png"
     return out
 
