@@ -122,7 +122,9 @@ class Prediction(BaseModel):
     probabilities: dict[str, float]
     top_k: list[TopK]
     rejected: bool
-    reason: str | None = Field(description="Why rejected: no digit found, low confidence, not digit-like.")
+    reason: str | None = Field(description="Why it was not read, in plain words (\"no digit found\", \"not sure which "
+                                            "digit this is\", \"does not look like a digit\", \"strokes too thick "
+                                            "for a digit\"); null when it was read.")
     found: bool
     inverted: bool = False
     box: list[int] | None = None
