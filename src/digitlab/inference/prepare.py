@@ -27,6 +27,9 @@ The steps, in order:
    thick ones: a grey erosion), and an optional moment-based deskew is applied; then
    reduced with anti-aliasing and placed by its centre of mass (MNIST's digits have theirs at
    pixel (14, 14)).
+
+SciPy and scikit-image (a third of a second to import) are imported by the steps that use them, so the
+Predictor, which imports this module for its names, loads a model without them.
 """
 
 import contextlib
@@ -39,9 +42,6 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from scipy import ndimage as ndi
-from skimage.filters import threshold_otsu
-from skimage.morphology import skeletonize
 
 from digitlab.core.errors import DigitlabError
 from digitlab.data.preprocess import MNIST_FIT_BOX, PreprocessSpec
@@ -249,6 +249,8 @@ def _background(x: np.ndarray) -> np.ndarray:
 
 def _otsu(x: np.ndarray) -> float:
     """Otsu's threshold of values in [0, 1], from a 256-bin histogram (one pass of bincount)."""
+    from skimage.filters import threshold_otsu
+
     counts = np.bincount(np.minimum((x * 255).astype(np.int32), 255).ravel(), minlength=256)
     nz = np.flatnonzero(counts)
     counts = counts[nz[0]:nz[-1] + 1]
@@ -270,6 +272,8 @@ def _noise(x: np.ndarray) -> float:
 
 def ink_map(gray: np.ndarray, polarity: Polarity = "auto") -> Ink:
     """Grayscale in [0, 1] -> light ink on a zero background, contrast-stretched (steps 2 of the module doc)."""
+    from scipy import ndimage as ndi
+
     if polarity not in POLARITIES:
         raise ImageError(f"polarity {polarity!r}: choose from {', '.join(POLARITIES)}")
     edge = float(np.median(_border(gray)))
@@ -307,6 +311,8 @@ def ink_map(gray: np.ndarray, polarity: Polarity = "auto") -> Ink:
 def grow_into_faint(ink: np.ndarray, mask: np.ndarray, level: float) -> np.ndarray:
     """``mask`` grown into the fainter ink connected to it (``ink > level``; hysteresis): a faint or thin
     stroke stays part of its digit, while faint noise away from the strokes stays out."""
+    from scipy import ndimage as ndi
+
     faint, n = ndi.label(ink > level, structure=np.ones((3, 3), bool))
     if n == 0:
         return mask
@@ -319,6 +325,8 @@ def grow_into_faint(ink: np.ndarray, mask: np.ndarray, level: float) -> np.ndarr
 def crop_digit(ink: Ink) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
     """The ink with specks removed, cropped to its box (grown into the faint ink connected to it); None
     when nothing is left or the ink is scattered like noise or texture."""
+    from scipy import ndimage as ndi
+
     labels, n = ndi.label(ink.mask, structure=np.ones((3, 3), bool))
     if n == 0:
         return None
@@ -381,12 +389,16 @@ def _scattered(mask: np.ndarray, areas: np.ndarray, big: np.ndarray) -> bool:
 
 def edge_width(mask: np.ndarray) -> float:
     """Stroke width estimated as twice the area over the boundary length (cheap; for large masks)."""
+    from scipy import ndimage as ndi
+
     boundary = int((mask & ~ndi.binary_erosion(mask)).sum())
     return 2 * int(mask.sum()) / max(boundary, 1)
 
 
 def _stroke_width(mask: np.ndarray) -> float:
     """Ink area over skeleton length: the mean stroke width of a binary drawing, in pixels."""
+    from skimage.morphology import skeletonize
+
     area = int(mask.sum())
     if area == 0:
         return 0.0
@@ -403,6 +415,8 @@ def _restroke(x: np.ndarray, width: float, goal: float) -> np.ndarray:
     narrower parts of a digit (measured on MNIST test digits drawn thick: half the excess lost 1.8
     points, the full excess 2.2).
     """
+    from scipy import ndimage as ndi
+
     if goal > width:
         x = np.clip((x - FAINT_FLOOR) / (1 - FAINT_FLOOR), 0, 1) ** FAINT_GAMMA
         return ndi.grey_dilation(x, footprint=_disk(max(1, round((goal - width) / 2))))
@@ -417,6 +431,8 @@ def _disk(r: int) -> np.ndarray:
 
 def _deskew(x: np.ndarray) -> np.ndarray:
     """Shear so the ink's principal axis is vertical (second-order moments; the classic MNIST deskew)."""
+    from scipy import ndimage as ndi
+
     total = float(x.sum())
     if total <= 0:
         return x
@@ -445,6 +461,8 @@ def _resize(x: np.ndarray, w: int, h: int) -> np.ndarray:
 def fit_digit(crop: np.ndarray, spec: PreprocessSpec | None = None, *, deskew: bool = False,
               fix_stroke: bool = True) -> tuple[np.ndarray, float, tuple[str, ...]]:
     """A cropped digit (light ink, float in [0, 1]) -> the model's frame as uint8, its stroke width, notes."""
+    from scipy import ndimage as ndi
+
     box = spec.fit_box if spec else MNIST_FIT_BOX
     out_h, out_w = spec.input_size if spec else (28, 28)
     notes: list[str] = []
