@@ -11,7 +11,6 @@ units keeps padding equal to the background (0). Randomness comes from torch's g
 which the trainer seeds and checkpoints.
 """
 
-import kornia.augmentation as K
 import torch
 from torch import Tensor, nn
 
@@ -47,6 +46,8 @@ def build_augmenter(cfg: AugmentSection) -> nn.Module | None:
     """An ``nn.Sequential`` of kornia ops for ``cfg``, or None when nothing is enabled."""
     if not cfg.enabled:
         return None
+    import kornia.augmentation as K  # a third of a second to import: only a run that augments pays it
+
     ops: list[nn.Module] = []
     if cfg.rotation or cfg.translate or cfg.scale != (1.0, 1.0) or cfg.shear:
         ops.append(
