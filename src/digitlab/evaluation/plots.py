@@ -41,6 +41,8 @@ PR_ZOOM = (0.9, 1.0)
 MIN_F1_SCALE_SPAN = 0.01  # identical F1s still get a colour range, and one without offset notation
 MIN_ACCURACY_PAD = 0.5  # percentage points around the points of an accuracy plot
 MAX_LEVEL_TICKS = 8  # robustness panels with at most this many levels get a tick at each
+ROBUSTNESS_RAW = "raw 28x28 tensor, no real-image preparation"
+ROBUSTNESS_PREPARED = "through the real-image preparation (as digitlab predict)"
 ARROW = "\u2192"  # →
 TIMES = "\u00d7"  # ×
 
@@ -211,8 +213,8 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: PathLike
         ax.set_xticks(range(k), class_names, rotation=rotate, ha="right" if rotate else "center",
                       rotation_mode="anchor")
         ax.set_yticks(range(k), class_names)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
         ax.set_title(title, fontsize=11)
     fig.suptitle(f"Confusion matrix: {total:,} samples, accuracy {accuracy:.2f}% (empty cells: 0)", fontsize=12)
     return _save(fig, path)
@@ -396,7 +398,10 @@ def plot_learning_curves(rows: list[dict], path: PathLike) -> Path:
     for ax, metric, name, scale, unit in ((ax_loss, "loss", "loss", 1.0, ""),
                                           (ax_acc, "acc", "accuracy", 100.0, " (%)")):
         drawn = False
-        for split, label, color in (("train", "train", "tab:blue"), ("val", "validation", "tab:orange")):
+        # The trainer logs the training figures as running means over each epoch, as the model learns
+        # (on augmented images when the recipe augments): not a second pass over the training split.
+        for split, label, color in (("train", "train (mean over the epoch)", "tab:blue"),
+                                    ("val", "validation", "tab:orange")):
             epochs, values = _series(rows, f"{split}_{metric}")
             if values.size:
                 drawn = True
@@ -501,8 +506,8 @@ def plot_reliability(
     # Confidence as a fraction on x, accuracy in percent on y: the diagonal is y = 100 x.
     ax_rel.plot([0, 1], [0, 100], color="0.5", linestyle=":", linewidth=1.2, label="perfect calibration")
     series = (
-        ("before", proba_before, ece_before, "tab:red", "o", -0.2),
-        (f"after (T = {temperature:.3f})", proba_after, ece_after, "tab:blue", "s", 0.2),
+        ("raw (as trained)", proba_before, ece_before, "tab:red", "o", -0.2),
+        (f"temperature-scaled (T = {temperature:.3f})", proba_after, ece_after, "tab:blue", "s", 0.2),
     )
     for label, proba, ece, color, marker, shift in series:
         accuracy, mean_conf, counts = _reliability(y_true, proba, n_bins)
@@ -524,7 +529,8 @@ def plot_reliability(
     ax_count.set_ylabel("samples\n(log scale)")
     ax_count.grid(True, axis="y", alpha=0.3)
     ax_count.legend(loc="upper left", fontsize=ANNOTATION_FONTSIZE, framealpha=0.9)
-    fig.suptitle(f"Reliability before and after temperature scaling (T = {temperature:.3f})", fontsize=12)
+    fig.suptitle(f"Reliability: raw vs temperature-scaled confidence (T = {temperature:.3f}), {len(y_true):,} "
+                 "samples", fontsize=12)
     return _save(fig, path)
 
 
@@ -735,9 +741,13 @@ def plot_prediction_grid(
 def plot_robustness(results: dict[str, dict], path: PathLike) -> Path:
     """Accuracy against perturbation strength, one small panel per perturbation, shared y range.
 
+    Each panel draws the raw curve (the perturbed 28x28 tensors fed as they are) and, where the sweep
+    measured it, the prepared one (the same images through the real-image preparation first).
+
     Args:
         results: perturbation name (``"rotation"``, ``"noise"``, ...) to
-            ``{"levels": [...], "accuracy": [...] (fractions), "unit": str}``.
+            ``{"levels": [...], "accuracy": [...] (fractions), "unit": str}``, optionally with
+            ``"accuracy_prepared": [...]`` (``robustness_sweep``'s output).
         path: the PNG to write.
 
     Returns:
@@ -749,19 +759,31 @@ def plot_robustness(results: dict[str, dict], path: PathLike) -> Path:
     if not results:
         raise ValueError("no robustness results to plot")
     for name, r in results.items():
-        if len(r["levels"]) != len(r["accuracy"]):
-            raise ValueError(f"{name}: {len(r['levels'])} levels but {len(r['accuracy'])} accuracies")
-    all_acc = np.concatenate([100 * np.asarray(r["accuracy"], dtype=float) for r in results.values()])
+        for key in ("accuracy", "accuracy_prepared"):
+            if key in r and len(r["levels"]) != len(r[key]):
+                raise ValueError(f"{name}: {len(r['levels'])} levels but {len(r[key])} values of {key}")
+    any_prepared = any("accuracy_prepared" in r for r in results.values())
+    all_acc = np.concatenate([100 * np.asarray(r[k], dtype=float) for r in results.values()
+                              for k in ("accuracy", "accuracy_prepared") if k in r])
     low = 0.0 if not all_acc.size else max(0.0, 5 * math.floor((np.nanmin(all_acc) - 2) / 5))
     rows, cols = _grid_shape(len(results), max_columns=4)
-    fig = _new_figure(cols * 3.3, rows * 2.9 + 0.4)
+    fig = _new_figure(cols * 3.3, rows * 2.9 + 0.8)
     axes = fig.subplots(rows, cols, sharey=True, squeeze=False)
     for ax, (name, r) in zip(axes.ravel(), results.items(), strict=False):
         levels = np.asarray(r["levels"], dtype=float)
         acc = 100 * np.asarray(r["accuracy"], dtype=float)
-        ax.plot(levels, acc, marker="o", markersize=4, color="tab:blue", linewidth=1.5)
+        ax.plot(levels, acc, marker="o", markersize=4, color="tab:blue", linewidth=1.5, label=ROBUSTNESS_RAW)
         # The worst accuracy goes in the title: a label by the point would run into the frame.
-        ax.set_title(f"{name} (min {np.nanmin(acc):.1f}%)" if np.isfinite(acc).any() else name, fontsize=11)
+        lows = []
+        if np.isfinite(acc).any():
+            lows.append(f"min {np.nanmin(acc):.1f}%" + (" raw" if any_prepared else ""))
+        if "accuracy_prepared" in r:
+            prep = 100 * np.asarray(r["accuracy_prepared"], dtype=float)
+            ax.plot(levels, prep, marker="s", markersize=4, color="tab:orange", linewidth=1.5, linestyle="--",
+                    label=ROBUSTNESS_PREPARED)
+            if np.isfinite(prep).any():
+                lows.append(f"{np.nanmin(prep):.1f}% prepared")
+        ax.set_title(name + (f"\n({', '.join(lows)})" if lows else ""), fontsize=10)
         # The unit names the axis ("side of a black square (pixels)"): it is the whole label.
         ax.set_xlabel(r.get("unit") or "level", fontsize=9)
         ax.set_ylim(low, 102)
@@ -776,7 +798,16 @@ def plot_robustness(results: dict[str, dict], path: PathLike) -> Path:
         ax.set_ylabel("accuracy")
     for ax in axes.ravel()[len(results):]:
         ax.set_visible(False)
-    fig.suptitle("Robustness: accuracy under each perturbation", fontsize=12)
+    n = next((r["n"] for r in results.values() if r.get("n")), None)
+    images = f" of {n:,} images" if n else ""
+    if any_prepared:
+        both = next(ax for ax, r in zip(axes.ravel(), results.values(), strict=False) if "accuracy_prepared" in r)
+        fig.legend(*both.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=9, frameon=False)
+        fig.suptitle(f"Robustness: accuracy{images} at each perturbation level, on raw 28x28 tensors and (where "
+                     "drawn) through the real-image preparation", fontsize=12)
+    else:
+        fig.suptitle(f"Robustness on raw 28x28 tensors (no real-image preparation): accuracy{images} at each "
+                     "perturbation level", fontsize=12)
     return _save(fig, path)
 
 

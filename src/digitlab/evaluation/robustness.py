@@ -1,21 +1,46 @@
-"""Robustness sweeps: accuracy as images are rotated, shifted, scaled, blurred, thinned, occluded.
+"""Robustness sweeps: accuracy as images are rotated, shifted, scaled, blurred, thinned, occluded, inverted.
 
 Usage::
 
-    results = robustness_sweep(predictor.predict, images, labels, n=2000, seed=0)
-    results["rotation"]  # {"levels": [-45, ..., 45], "accuracy": [...], "unit": "degrees"}
+    # predictor: a digitlab.inference.Predictor; images, labels: (N, 28, 28) uint8 test digits, (N,) ints
+    results = robustness_sweep(predictor.classify, images, labels, n=2000, seed=0, spec=predictor.spec)
+    results["translation"]["accuracy"]            # raw 28x28 tensors, fed to the model as they are
+    results["translation"]["accuracy_prepared"]   # the same images through the real-image preparation
 
-Each perturbation works on a whole batch at once (kornia / torch ops, per-sample random parameters
-from a seeded generator), and returns uint8 images in the model's own convention, so any model
-(torch or classical) is measured through its ordinary prediction path.
+``predict`` maps uint8 images ``(N, H, W)`` to class indices ``(N,)`` (``Predictor.classify``, or a
+classical model's ``predict``). Each perturbation works on a whole batch at once (kornia / torch ops,
+per-sample random parameters from a seeded generator) on the 28x28 tensors, in MNIST's convention.
+
+Two curves, because the two ways digits reach a model differ:
+
+- ``accuracy``: the perturbed tensor goes to the model as it is, without the real-image preparation
+  (what ``Predictor.predict`` and the service's ``pixels`` field do). A shifted digit stays shifted.
+- ``accuracy_prepared`` (the ``PREPARED`` perturbations only): each perturbed image first goes through
+  ``digitlab.inference.prepare.prepare_image`` (polarity from the border, crop, fit to the 20 px box,
+  centre of mass at the frame's centre), as ``digitlab predict``, the service's images and
+  ``evaluate_images`` prepare a real image. The preparation undoes a shift, most of a scale change and
+  an inversion, not a rotation. An image where it finds no digit counts as an error
+  (``no_digit_found_prepared``). It costs about 1.5 ms an image on one CPU core, so it is measured
+  for the geometric perturbations and the inversion only: noise, blur, stroke thickness and occlusion
+  stay raw-only.
 """
 
-from collections.abc import Callable
+import hashlib
+import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import kornia
 import numpy as np
 import torch
+
+from digitlab.data.preprocess import PreprocessSpec
+from digitlab.inference.prepare import prepare_image
+
+# What each curve measured, in words: written into metrics.json beside the numbers.
+RAW_INPUT = "raw 28x28 tensors, without the real-image preparation"
+PREPARED_INPUT = ("the same perturbed images through the real-image preparation (prepare_image: polarity, crop, "
+                  "20 px box, centre of mass), as digitlab predict reads an image")
 
 
 @dataclass(frozen=True)
@@ -89,6 +114,8 @@ PERTURBATIONS: tuple[Perturbation, ...] = (
     Perturbation("occlusion", "side of a black square (pixels)", (0, 4, 8, 12, 16), "{:g} px square hidden", _occlude),
     Perturbation("invert", "polarity inverted (0 = no, 1 = yes)", (0, 1), "inverted ({:g})", _invert),
 )
+# The perturbations also measured through the real-image preparation (see the module doc for why these).
+PREPARED: tuple[str, ...] = ("rotation", "translation", "scale", "invert")
 
 
 def perturb(images: np.ndarray, name: str, level: float, *, seed: int = 0) -> np.ndarray:
@@ -103,23 +130,72 @@ def perturb(images: np.ndarray, name: str, level: float, *, seed: int = 0) -> np
     return (y[:, 0] * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
+def prepare_images(images: np.ndarray, spec: PreprocessSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each image through the real-image preparation (``prepare_image``, polarity detected).
+
+    Returns:
+        the prepared images ``(N, H, W)`` uint8 (zeros where no digit was found) and the found mask ``(N,)``.
+    """
+    out = np.zeros((len(images), *(spec.input_size if spec else images.shape[1:])), dtype=np.uint8)
+    found = np.zeros(len(images), dtype=bool)
+    for i, image in enumerate(images):
+        p = prepare_image(image, spec)
+        if p.found and p.image is not None:
+            out[i], found[i] = p.image, True
+    return out, found
+
+
 def robustness_sweep(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray, *,
-                     n: int | None = 2000, seed: int = 0) -> dict[str, dict]:
+                     n: int | None = 2000, seed: int = 0, spec: PreprocessSpec | None = None,
+                     prepared: Collection[str] = PREPARED) -> dict[str, dict]:
     """Accuracy of ``predict`` (uint8 images -> class indices) under every perturbation and level.
 
     Args:
         n: how many images to use (a seeded random sample; None for all). Slow models (SVM) need it.
+        spec: the model's preprocessing spec, for the prepared curves (MNIST's when None).
+        prepared: the perturbations that also get a curve through the real-image preparation
+            (``()``: raw tensors only).
+
+    Returns:
+        perturbation name -> ``levels``, ``labels`` (each level in words), ``unit``, ``n``, ``input``
+        (what ``accuracy`` measured), ``accuracy`` (fractions, one per level), ``seconds``; and for the
+        ``prepared`` ones ``accuracy_prepared``, ``no_digit_found_prepared`` (counts) and
+        ``seconds_prepared``.
     """
+    unknown = set(prepared) - {p.name for p in PERTURBATIONS}
+    if unknown:
+        known = ", ".join(p.name for p in PERTURBATIONS)
+        raise ValueError(f"unknown perturbation(s) {', '.join(sorted(unknown))}; known: {known}")
     rng = np.random.default_rng(seed)
     if n is not None and n < len(images):
         keep = np.sort(rng.choice(len(images), size=n, replace=False))
         images, labels = images[keep], labels[keep]
+    labels = np.asarray(labels)
+    # identity levels (rotation 0, scale 1, ...) give the same images: each distinct batch is prepared once
+    prepared_cache: dict[bytes, tuple[float, int]] = {}
     results: dict[str, dict] = {}
     for pert in PERTURBATIONS:
-        accs = []
+        accs, accs_prep, missed = [], [], []
+        seconds = seconds_prep = 0.0
         for level in pert.levels:
-            pred = predict(perturb(images, pert.name, level, seed=seed))
-            accs.append(float(np.mean(pred == labels)))
+            start = time.perf_counter()
+            perturbed = perturb(images, pert.name, level, seed=seed)
+            accs.append(float(np.mean(predict(perturbed) == labels)))
+            seconds += time.perf_counter() - start
+            if pert.name in prepared:
+                start = time.perf_counter()
+                key = hashlib.blake2b(perturbed.tobytes(), digest_size=16).digest()
+                if key not in prepared_cache:
+                    ready, found = prepare_images(perturbed, spec)
+                    right = (predict(ready) == labels) & found
+                    prepared_cache[key] = (float(np.mean(right)), int((~found).sum()))
+                accs_prep.append(prepared_cache[key][0])
+                missed.append(prepared_cache[key][1])
+                seconds_prep += time.perf_counter() - start
         results[pert.name] = {"levels": [float(v) for v in pert.levels], "accuracy": accs, "unit": pert.unit,
-                              "labels": [pert.label.format(v) for v in pert.levels], "n": len(labels)}
+                              "labels": [pert.label.format(v) for v in pert.levels], "n": len(labels),
+                              "input": RAW_INPUT, "seconds": round(seconds, 2)}
+        if pert.name in prepared:
+            results[pert.name].update(accuracy_prepared=accs_prep, no_digit_found_prepared=missed,
+                                      prepared_input=PREPARED_INPUT, seconds_prepared=round(seconds_prep, 2))
     return results
