@@ -1,7 +1,9 @@
 """The drawing page in headless Chromium against the real app (uvicorn on 127.0.0.1): an empty canvas
 says "draw a digit" and asks nothing, mouse strokes drawn as a 1 and a 7 are read as such, the 28x28
-view shows what the model read, Clear starts over, and nothing is fetched from outside the app."""
+view shows what the model read, Clear starts over, a rejected drawing is shown as not read with the
+API's reason (never a digit beside a percentage), and nothing is fetched from outside the app."""
 
+import json
 import socket
 import threading
 import time
@@ -29,6 +31,9 @@ EMPTY = "draw a digit"
 # Strokes in the canvas's own pixels (280 x 280), drawn like MNIST: centred, about 2/3 of the height.
 ONE = [[(146, 52), (140, 140), (134, 228)]]
 SEVEN = [[(84, 62), (150, 60), (198, 60), (170, 120), (142, 180), (124, 228)]]
+
+# A filled square: strokes far wider than a pen's, which the service rejects whatever the model says.
+BLOB = [[(70, y), (210, y)] for y in range(70, 215, 12)]
 
 # Ink in the small canvas: how many pixels are bright, and the extent of the bright ones.
 READ_PREPARED = """() => {
@@ -121,7 +126,20 @@ def shown(page) -> dict:
     page.wait_for_function(SETTLED, timeout=ANSWER_TIMEOUT_MS)
     return {"label": page.locator("#label").inner_text(), "status": page.locator("#status").inner_text(),
             "top_bar": page.evaluate("document.querySelector('#bars li.top')?.dataset.digit ?? null"),
-            "prepared": page.evaluate(READ_PREPARED)}
+            "prepared": page.evaluate(READ_PREPARED),
+            "result": page.locator(".result").inner_text(), "why_hidden": page.locator("#why").is_hidden(),
+            "reason": page.locator("#reason").inner_text(), "guess": page.locator("#guess").inner_text(),
+            "confidence": page.locator("#confidence").inner_text()}
+
+
+def assert_not_read(seen: dict, reason: str, guess: str | None) -> None:
+    """What a rejected answer looks like: "not read", the API's reason as it is, the guess small and bare."""
+    assert seen["label"] == "not read", seen
+    assert not seen["why_hidden"] and seen["reason"] == reason, seen
+    assert seen["guess"] == (f"best guess {guess}" if guess else ""), seen
+    assert seen["confidence"] == "" and seen["top_bar"] is None, seen  # no percentage, no bar drawn
+    assert "%" not in seen["result"] and "%" not in seen["status"], seen
+    assert seen["status"].startswith(f"Not read: {reason}"), seen
 
 
 def test_drawing_page_reads_a_1_and_a_7(server: str, tmp_path: Path) -> None:
@@ -232,3 +250,56 @@ def test_api_docs_render_offline(server: str) -> None:
         assert {"/v1/predict", "/v1/predict/batch", "/v1/read", "/v1/model"} <= {o.strip() for o in operations}
         assert [u for u in seen.fetched if not u.startswith((server, "data:"))] == []  # no CDN
         assert seen.errors == []
+
+
+def test_a_rejected_drawing_is_not_read(server: str) -> None:
+    # The letter A of the report, as the service answered it: the model's 4 at 100%, rejected by the detector.
+    # The reason is whatever the API says; the page shows it as it is.
+    letter_a = {"label": "4", "confidence": 1.0, "probabilities": {str(d): float(d == 4) for d in range(10)},
+                "top_k": [{"label": "4", "probability": 1.0}], "rejected": True,
+                "reason": "does not look like a digit", "found": True, "prepared": None}
+    line = {"text": "1?7", "confidence": 0.2, "found": True, "inverted": False, "notes": [],
+            "digits": [{"label": "1", "confidence": 0.99, "box": [0, 0, 1, 1], "rejected": False},
+                       {"label": "4", "confidence": 1.0, "box": [1, 0, 2, 1], "rejected": True},
+                       {"label": "7", "confidence": 0.98, "box": [2, 0, 3, 1], "rejected": False}]}
+    with open_page(server) as seen:
+        page = seen.page
+        answers = []  # the service's answers, in order: one request is in flight at a time
+        page.on("response", lambda r: answers.append(r) if "/v1/predict" in r.url else None)
+        page.route("**/v1/predict", lambda route: route.fulfill(
+            status=200, content_type="application/json", body=json.dumps(letter_a)))
+        draw(page, [[(80, 230), (140, 50), (200, 230)], [(105, 150), (175, 150)]])
+        mocked = shown(page)
+
+        # The real service on a filled square: rejected for its strokes, whatever the model's guess.
+        page.get_by_role("button", name="Clear").click()
+        page.unroute("**/v1/predict")
+        draw(page, BLOB)
+        blob = shown(page)
+        api = answers[-1].json()  # what the service said about the finished drawing
+
+        # Then a clear 1 again: read as before, the "not read" gone.
+        page.get_by_role("button", name="Clear").click()
+        draw(page, ONE)
+        one = shown(page)
+
+        # String mode: a digit not read is a "?" with its guess, and the line gets no confidence.
+        page.get_by_role("button", name="Digit-string mode").click()
+        page.route("**/v1/read", lambda route: route.fulfill(
+            status=200, content_type="application/json", body=json.dumps(line)))
+        draw(page, shifted(ONE, 160))
+        page.wait_for_function(SETTLED, timeout=ANSWER_TIMEOUT_MS)
+        chips = page.locator("#digits li").all_inner_texts()
+        string = {"label": page.locator("#label").inner_text(), "status": page.locator("#status").inner_text(),
+                  "confidence": page.locator("#confidence").inner_text(), "why": page.locator("#why").inner_text()}
+
+    assert_not_read(mocked, "does not look like a digit", "4")
+    assert "100%" not in mocked["result"] and "not sure" not in mocked["result"]
+    assert api["rejected"] is True and api["reason"], api
+    assert_not_read(blob, api["reason"], api["label"])
+    assert one["label"] == "1" and one["why_hidden"] and "%" in one["confidence"], one
+    assert string["label"] == "1?7" and string["confidence"] == "", string
+    assert [c.split()[0] for c in chips] == ["1", "?", "7"] and "%" not in chips[1], chips
+    assert "not read" in chips[1] and "best guess 4" in chips[1], chips
+    assert "1 of 3 digits not read" in string["status"] and "? = not read" in string["why"], string
+    assert seen.errors == []

@@ -8,6 +8,8 @@
   const SINGLE_WIDTH = 280;
   const STRING_WIDTH = 840;      // digit-string mode: room for a few digits side by side
   const EMPTY_MESSAGE = "draw a digit";
+  // A rejected answer is shown as not read, with the API's own reason; never as a digit and a percentage.
+  const NOT_READ = "not read";
   const DIGITS = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 
   const pad = document.getElementById("pad");
@@ -16,7 +18,9 @@
   const preparedCtx = preparedCanvas.getContext("2d");
   const labelEl = document.getElementById("label");
   const confidenceEl = document.getElementById("confidence");
-  const unsureEl = document.getElementById("unsure");
+  const whyEl = document.getElementById("why");
+  const reasonEl = document.getElementById("reason");
+  const guessEl = document.getElementById("guess");
   const barsEl = document.getElementById("bars");
   const digitsEl = document.getElementById("digits");
   const seenSection = document.getElementById("seen-section");
@@ -80,11 +84,25 @@
 
   function showMessage(text) {
     labelEl.textContent = text;
-    labelEl.classList.add("empty");
+    labelEl.className = "empty";
     confidenceEl.textContent = "";
-    unsureEl.hidden = true;
+    showWhy(null);
     showBars(null);
     digitsEl.replaceChildren();
+  }
+
+  function showWhy(reason, guess = null) {
+    // reason: the API's words, shown as they are; guess: the model's best class, secondary and without a
+    // percentage (a rejected answer's confidence is exactly what was not trusted).
+    whyEl.hidden = !reason;
+    reasonEl.textContent = reason || "";
+    guessEl.textContent = guess !== null && guess !== undefined ? `best guess ${guess}` : "";
+  }
+
+  function showNotRead(reason, guess = null) {
+    showMessage(NOT_READ);
+    labelEl.className = "not-read";
+    showWhy(reason, guess);
   }
 
   function showEmpty() {
@@ -261,41 +279,59 @@
   // ---- showing answers --------------------------------------------------------------------
   function showPrediction(data) {
     drawPrepared(data.prepared);
+    const reason = data.reason || "no reason given";
     if (data.found === false || data.label === null || data.label === undefined) {
-      showMessage(state.upload !== null ? "no digit found" : EMPTY_MESSAGE);
-      setStatus(data.reason ? `No digit found (${data.reason}).` : "No digit found.");
+      // no ink the preparation calls a digit: a stray dot on the canvas is not worth a "not read"
+      if (state.upload !== null) showNotRead(reason);
+      else { showMessage(EMPTY_MESSAGE); showWhy(reason); }
+      setStatus(`Not read: ${reason}.`);
       return;
     }
-    labelEl.classList.remove("empty");
+    if (data.rejected) {
+      showNotRead(reason, data.label);
+      setStatus(`Not read: ${reason}. Best guess ${data.label}, not trusted.`);
+      return;
+    }
+    labelEl.className = "";
     labelEl.textContent = String(data.label);
     confidenceEl.textContent = percent(data.confidence);
-    unsureEl.hidden = !data.rejected;
-    unsureEl.title = data.reason || "";
+    showWhy(null);
     showBars(data.probabilities);
-    setStatus(data.rejected ? `Not sure: ${data.reason || "low confidence"}.`
-      : `Read ${data.label} with ${percent(data.confidence)} confidence.`);
+    setStatus(`Read ${data.label} with ${percent(data.confidence)} confidence.`);
   }
 
   function showReading(data) {
     if (data.found === false || !data.text) {
-      showMessage(state.upload !== null ? "no digits found" : EMPTY_MESSAGE);
+      if (state.upload !== null) showNotRead("no digits found");
+      else showMessage(EMPTY_MESSAGE);
       setStatus("No digits found.");
       return;
     }
-    labelEl.classList.remove("empty");
-    labelEl.textContent = String(data.text);
     const digits = Array.isArray(data.digits) ? data.digits : [];
+    const nRejected = digits.filter((d) => d.rejected).length;
+    const plural = (n) => `${n} digit${n === 1 ? "" : "s"}`;
+    labelEl.className = "";
+    labelEl.textContent = String(data.text);
+    // A mean that includes digits not read would vouch for them: the confidence is shown only for a whole read.
     const mean = digits.length ? digits.reduce((s, d) => s + (d.confidence || 0), 0) / digits.length : NaN;
-    confidenceEl.textContent = digits.length ? `${percent(mean)} mean` : "";
-    const anyRejected = digits.some((d) => d.rejected);
-    unsureEl.hidden = !anyRejected;
+    confidenceEl.textContent = digits.length && !nRejected ? `${percent(mean)} mean` : "";
+    showWhy(nRejected ? `? = not read (${nRejected} of ${plural(digits.length)})` : null);
     digitsEl.replaceChildren(...digits.map((d) => {
       const li = document.createElement("li");
-      li.textContent = `${d.rejected ? "?" : d.label} ${percent(d.confidence)}`;
-      if (d.rejected) li.classList.add("rejected");
+      if (d.rejected) {
+        li.classList.add("rejected");
+        const guess = document.createElement("span");
+        guess.className = "guess";
+        guess.textContent = `best guess ${d.label}`;
+        li.append("? not read ", guess);
+      } else {
+        li.textContent = `${d.label} ${percent(d.confidence)}`;
+      }
       return li;
     }));
-    setStatus(`Read "${data.text}" (${digits.length} digit${digits.length === 1 ? "" : "s"}).`);
+    setStatus(nRejected
+      ? `Read "${data.text}": ${nRejected} of ${plural(digits.length)} not read (shown as ?).`
+      : `Read "${data.text}" (${plural(digits.length)}).`);
   }
 
   function drawPrepared(rows) {
@@ -375,8 +411,11 @@
       data = null;
     }
     if (data && data.name) {
-      const threshold = Number.isFinite(data.threshold) ? `; "not sure" under ${percent(data.threshold)}` : "";
-      modelInfo.textContent = `Model ${data.name}${threshold}. Draw a digit with the mouse, a pen or a finger.`;
+      const unsure = Number.isFinite(data.threshold) ? `is under ${percent(data.threshold)} sure of it` : "";
+      const odd = Number.isFinite(data.detector_threshold) ? "finds it unlike a digit" : "";
+      const when = [unsure, odd].filter(Boolean).join(" or ");
+      const rule = when ? ` A drawing is not read when the model ${when}.` : "";
+      modelInfo.textContent = `Model ${data.name}.${rule} Draw a digit with the mouse, a pen or a finger.`;
     }
   }
 
