@@ -194,7 +194,8 @@ def evaluate_run(path: str | os.PathLike[str], *, dataset: str | None = None, sp
     # 4. robustness
     if robustness:
         say(f"[4/{steps}] robustness sweep on {min(robustness_samples or len(labels), len(labels)):,} images")
-        sweep = robustness_sweep(predictor.classify, images, labels, n=robustness_samples, seed=cfg.seed)
+        sweep = robustness_sweep(predictor.classify, images, labels, n=robustness_samples, seed=cfg.seed,
+                                 spec=predictor.spec, log=say)
         out["robustness"] = sweep
         figures["robustness"] = plots.plot_robustness(sweep, eval_dir / "robustness.png")
     else:

@@ -147,7 +147,8 @@ def prepare_images(images: np.ndarray, spec: PreprocessSpec | None = None) -> tu
 
 def robustness_sweep(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray, *,
                      n: int | None = 2000, seed: int = 0, spec: PreprocessSpec | None = None,
-                     prepared: Collection[str] = PREPARED) -> dict[str, dict]:
+                     prepared: Collection[str] = PREPARED,
+                     log: Callable[[str], None] | None = None) -> dict[str, dict]:
     """Accuracy of ``predict`` (uint8 images -> class indices) under every perturbation and level.
 
     Args:
@@ -155,6 +156,7 @@ def robustness_sweep(predict: Callable[[np.ndarray], np.ndarray], images: np.nda
         spec: the model's preprocessing spec, for the prepared curves (MNIST's when None).
         prepared: the perturbations that also get a curve through the real-image preparation
             (``()``: raw tensors only).
+        log: a callable taking one progress line per perturbation, or None.
 
     Returns:
         perturbation name -> ``levels``, ``labels`` (each level in words), ``unit``, ``n``, ``input``
@@ -174,7 +176,9 @@ def robustness_sweep(predict: Callable[[np.ndarray], np.ndarray], images: np.nda
     # identity levels (rotation 0, scale 1, ...) give the same images: each distinct batch is prepared once
     prepared_cache: dict[bytes, tuple[float, int]] = {}
     results: dict[str, dict] = {}
-    for pert in PERTURBATIONS:
+    for k, pert in enumerate(PERTURBATIONS, 1):
+        if log is not None:
+            log(f"robustness: {pert.name} ({k}/{len(PERTURBATIONS)})")
         accs, accs_prep, missed = [], [], []
         seconds = seconds_prep = 0.0
         for level in pert.levels:
