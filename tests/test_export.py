@@ -102,8 +102,8 @@ def test_cli_export_a_missing_path(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("args", "needle"), [
-    (["--format", "tflite"], "--format must be onnx or hub"),
-    (["--quantize", "int4"], "--quantize must be int8"),
+    (["--format", "tflite"], "Invalid value for '--format' / '-f': 'tflite' is not one of 'onnx', 'hub'."),
+    (["--quantize", "int4"], "Invalid value for '--quantize': 'int4' is not one of 'int8'."),
     (["--format", "hub", "--quantize", "int8"], "--quantize goes with --format onnx"),
     (["--opset", "13"], "--opset"),
 ])
