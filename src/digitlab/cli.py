@@ -270,6 +270,9 @@ def train(
                                             "(model.args.* for the recipe's model) and exit.")] = False,
     nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="Train data-parallel in N processes on this "
                                               "machine (torchrun's launcher; one per GPU on CUDA).")] = None,
+    calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="Fit the rejection (temperature, "
+                                            "thresholds, non-digit detector) at the end, as `digitlab calibrate` "
+                                            "does.")] = True,
 ) -> None:
     """Train a recipe into a new run directory; print its best validation and its test accuracy.
 
@@ -298,6 +301,7 @@ def train(
             make_config(cfg.model.name, **cfg.model.args)
         args = ["train", "--recipe", recipe, "--out", str(out_root), *(a for s in sets for a in ("--set", s))]
         args += (["--resume", str(resume)] if resume is not None else []) + (["--quiet"] if quiet else [])
+        args += [] if calibrate else ["--no-calibrate"]
         launch_local(nproc, args)
         return
     # One line per epoch always; the live bar only on a terminal (in a log file it is noise).
@@ -315,6 +319,31 @@ def train(
                   f"measured once after training")
     procs = f" x {result.world_size} processes" if result.world_size > 1 else ""
     out.print(f"training time: {result.train_seconds:.1f} s on {result.device}{procs}, {result.n_params:,} parameters")
+    if calibrate:
+        _calibrate(result.run_dir, show_bar=show_bar)
+
+
+def _calibrate(run: Path, *, show_bar: bool, device: str = "auto", data_dir: Path | None = None) -> None:
+    """Fit the run's rejection (temperature, thresholds, non-digit detector) and say what it decided."""
+    from digitlab.inference.rejection import REJECTION_FILE, calibrate_run
+
+    _log("rejection: fitting on the run's training and validation digits (never the test split)")
+    policy = calibrate_run(run, device=device, data_dir=str(data_dir) if data_dir else None,
+                           show_progress=show_bar, log=_log).policy
+    out.print(f"rejection: temperature {policy.temperature:.3f}; {policy.rule}; written: {Path(run) / REJECTION_FILE}",
+              highlight=False)
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    run: Annotated[Path, typer.Argument(help="A run directory written by `digitlab train`.", exists=True,
+                                        file_okay=False)],
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder holding the dataset files.")] = None,
+) -> None:
+    """Fit a run's rejection: the temperature, the confidence threshold and the non-digit detector, on its
+    training and validation digits only, into RUN/rejection.safetensors. `digitlab train` runs it at its end."""
+    _calibrate(run, show_bar=sys.stderr.isatty(), device=device, data_dir=data_dir)
 
 
 @app.command("evaluate")
@@ -333,7 +362,8 @@ def evaluate(
                                                 "instead (sub-folders 0 to 9), prepared as `digitlab predict` "
                                                 "prepares them.", exists=True, file_okay=False)] = None,
 ) -> None:
-    """Metrics, calibration and figures of a run, written to RUN/eval/ (then `digitlab report RUN`)."""
+    """Measure a run: metrics, calibration and figures, written to RUN/eval/ and nowhere else (then `digitlab
+    report RUN`). It fits nothing: the rejection it measures is the one `digitlab calibrate` fitted."""
     from digitlab.evaluation.evaluate import evaluate_run
 
     if images is not None:
@@ -359,10 +389,10 @@ def evaluate(
               f"temperature {cal['temperature']:.3f} (fitted on validation)")
     out.print(f"inference: {m['inference']['images_per_s']:,.0f} images/s on {m['inference']['device']}")
     r = m.get("rejection") or {}
-    if r.get("detector_threshold") is not None:
-        out.print(f"rejection: confidence below {r['threshold']:.3f} or non-digit score above "
-                  f"{r['detector_threshold']:.3f} (detector): {r['val_rejected']:.2%} of validation digits, "
-                  f"{r['rejected']:.2%} of {m['split']} digits")
+    if r.get("threshold") is not None:
+        out.print(f"rejection ({r['rule']}): {r['rejected']:.2%} of {m['split']} digits not read; error "
+                  f"{r['error_kept']:.2%} on the rest (against {r['error_all']:.2%} reading everything)",
+                  highlight=False)
     out.print(f"written: {Path(m['run']) / 'eval'}")
 
 
@@ -438,6 +468,9 @@ def predict(
 
     _refuse_existing(csv_path, force)  # before any work, not after minutes of it
     predictor = Predictor.from_path(model, backend=backend)
+    if predictor.rejection is None and min_confidence is None:
+        err.print(f"note: {model} has no rejection fitted (`digitlab calibrate RUN`): every image with a digit-like "
+                  "shape gets a label", highlight=False)
     files = find_images(images)
     folder_given = any(p.is_dir() for p in images)
     if multi:
@@ -510,7 +543,7 @@ def _prediction_line(r: Any) -> str:
         return f"{r.source}: no digit found"
     top = "  ".join(f"{c} {p:.3f}" for c, p in r.top_k)
     if r.rejected:
-        return f"{r.source}: rejected ({r.reason}; best {r.label} at {r.confidence:.3f})  [{top}]"
+        return f"{r.source}: not read: {r.reason} (best guess {r.label} at {r.confidence:.3f})  [{top}]"
     return f"{r.source}: {r.label} ({r.confidence:.3f})  [{top}]"
 
 
