@@ -20,6 +20,8 @@ from scipy import ndimage as ndi
 
 from digitlab.data.preprocess import PreprocessSpec
 from digitlab.inference import prepare as prepare_module
+from digitlab.inference.backends import TorchBackend
+from digitlab.inference.formats import ModelInfo
 from digitlab.inference.predictor import Predictor
 from digitlab.inference.prepare import ImageError, Prepared, prepare_image
 from digitlab.models import create_model
@@ -502,8 +504,8 @@ def test_bad_array_is_one_image_error(make: Callable[[], np.ndarray], needle: st
 def untrained() -> Predictor:
     torch.manual_seed(0)
     model = create_model("mlp").eval()
-    return Predictor(name="mlp", kind="torch", model=model, spec=SPEC, class_names=[str(d) for d in range(10)],
-                     info={}, device=torch.device("cpu"))
+    info = ModelInfo(name="mlp", kind="torch", args={}, class_names=[str(d) for d in range(10)], preprocess=SPEC)
+    return Predictor(info, TorchBackend(model, SPEC, device=torch.device("cpu")))
 
 
 def test_predict_images_blank_is_no_digit_found(untrained: Predictor, tmp_path: Path) -> None:

@@ -125,6 +125,7 @@ DataDirOpt = Annotated[
 Polarity = Literal["auto", "dark-on-light", "light-on-dark"]  # inference.prepare.POLARITIES
 Backend = Literal["auto", "torch", "onnx"]  # Predictor.from_path
 Device = Literal["auto", "cpu", "cuda"]  # models.runtime.resolve_device
+Split = Literal["test", "val"]
 ExportFormat = Literal["onnx", "hub"]
 Quantize = Literal["int8"]  # export.onnx.QUANTIZE_CHOICES
 Sampler = Literal["tpe", "random", "grid", "cmaes"]  # tuning.study.SAMPLERS
@@ -338,7 +339,7 @@ def _calibrate(run: Path, *, show_bar: bool, device: str = "auto", data_dir: Pat
 def calibrate_cmd(
     run: Annotated[Path, typer.Argument(help="A run directory written by `digitlab train`.", exists=True,
                                         file_okay=False)],
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[Device, typer.Option("--device", help="Where the model runs (auto: CUDA if any).")] = "auto",
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder holding the dataset files.")] = None,
 ) -> None:
     """Fit a run's rejection: the temperature, the confidence threshold and the non-digit detector, on its
@@ -352,12 +353,12 @@ def evaluate(
                                         file_okay=False)],
     dataset: Annotated[str | None, typer.Option("--dataset", help="Evaluate on this dataset (default: the "
                                                 "one the run was trained on).")] = None,
-    split: Annotated[str, typer.Option("--split", help="test or val.")] = "test",
+    split: Annotated[Split, typer.Option("--split", help="The split to measure.")] = "test",
     robustness: Annotated[bool, typer.Option("--robustness", help="Also sweep rotation, translation, scale, noise, "
                                              "blur, stroke thickness, occlusion and inversion.")] = False,
     samples: Annotated[int, typer.Option("--robustness-samples", min=1, help="Images used by the sweep.")] = 2000,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder holding the dataset files.")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[Device, typer.Option("--device", help="Where the model runs (auto: CUDA if any).")] = "auto",
     images: Annotated[Path | None, typer.Option("--images", help="Evaluate on a labelled folder of real images "
                                                 "instead (sub-folders 0 to 9), prepared as `digitlab predict` "
                                                 "prepares them.", exists=True, file_okay=False)] = None,
@@ -377,9 +378,7 @@ def evaluate(
             out.print(f"with rejection: {r['coverage']:.1%} kept, accuracy {r['accuracy_kept']:.4f} on those")
         out.print(f"written: {r['dir']}")
         return
-    if split not in ("test", "val"):
-        raise typer.BadParameter(f"--split must be test or val, not {split!r}")
-    m = evaluate_run(run, dataset=dataset, split=split, robustness=robustness,  # type: ignore[arg-type]
+    m = evaluate_run(run, dataset=dataset, split=split, robustness=robustness,
                      robustness_samples=samples, data_dir=str(data_dir) if data_dir else None, device=device, log=_log)
     lo, hi = m["accuracy_ci95"]
     cal = m["calibration"]
