@@ -8,17 +8,15 @@ Usage: .venv/bin/python scripts/screenshots.py RUN [--out docs/images]
 """
 
 import argparse
-import os
-import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from drive import draw, stop_group, wait_ready
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
@@ -60,45 +58,13 @@ def serving(run: Path) -> Iterator[str]:
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     url = f"http://{HOST}:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if server.poll() is not None:
-                fail(f"digitlab serve exited with code {server.returncode}: {server.stderr.read().strip()[-500:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                fail(f"digitlab serve was not ready on {url} within {START_TIMEOUT_S} s")
-            time.sleep(0.25)
+        problem = wait_ready(url, server, START_TIMEOUT_S)
+        if problem is not None:
+            fail(f"digitlab serve: {problem}" + (f": {server.stderr.read().strip()[-500:]}" if server.poll() is not None
+                                                 else ""))
         yield url
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(timeout=STOP_TIMEOUT_S)
-
-
-def draw(page, strokes: list[list[tuple[int, int]]], steps: int = 10) -> None:
-    """Mouse strokes through canvas points, in many small moves as a hand makes them."""
-    box = page.locator("#pad").bounding_box()
-    width = page.evaluate("document.getElementById('pad').width")
-    height = page.evaluate("document.getElementById('pad').height")
-
-    def at(p: tuple[int, int]) -> tuple[float, float]:
-        return box["x"] + p[0] * box["width"] / width, box["y"] + p[1] * box["height"] / height
-
-    for stroke in strokes:
-        page.mouse.move(*at(stroke[0]))
-        page.mouse.down()
-        for p in stroke[1:]:
-            page.mouse.move(*at(p), steps=steps)
-        page.mouse.up()
+        stop_group(server, STOP_TIMEOUT_S)
 
 
 def main() -> None:

@@ -23,13 +23,9 @@ import json
 import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,6 +33,7 @@ import pytest
 from typer.testing import CliRunner
 
 from digitlab.cli import app
+from drive import stop_group, wait_ready
 
 pytestmark = pytest.mark.mnist
 
@@ -124,30 +121,6 @@ def check_answer(cmd: str, output: str) -> None:
         assert "error" not in answer, f"{cmd}: {text}"
 
 
-def wait_ready(url: str, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + SERVER_START_S
-    while True:
-        assert server.poll() is None, f"the server exited with code {server.returncode}"
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        assert time.monotonic() < deadline, f"no server ready at {url} within {SERVER_START_S} s"
-        time.sleep(0.25)
-
-
-def stop(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=STOP_TIMEOUT_S)
-
-
 def test_readme_has_examples_of_each_kind() -> None:
     assert blocks("python"), "README.md has no ```python example"
     console = [c for _, body in blocks("console") for c in commands(body)]
@@ -174,7 +147,8 @@ def test_console_example_runs(line: int, body: str, readme_run, monkeypatch: pyt
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                           start_new_session=True)
                 servers.append(server)
-                wait_ready(f"http://127.0.0.1:{port}", server)
+                problem = wait_ready(f"http://127.0.0.1:{port}", server, SERVER_START_S)
+                assert problem is None, problem
             elif cmd.startswith("digitlab "):
                 result = runner.invoke(app, shlex.split(cmd)[1:])
                 assert result.exit_code == 0, f"{where}\n{result.output}"
@@ -189,7 +163,7 @@ def test_console_example_runs(line: int, body: str, readme_run, monkeypatch: pyt
                 pytest.fail(f"{where}: tests/test_readme.py does not know how to run this kind of command")
     finally:
         for server in servers:
-            stop(server)
+            stop_group(server, STOP_TIMEOUT_S)
 
 
 @pytest.mark.parametrize(("line", "body"), blocks("python"), ids=lambda v: f"line{v}" if isinstance(v, int) else "")

@@ -17,6 +17,7 @@ from PIL import Image
 
 from conftest import chromium_path
 from digitlab.training import config_from_recipe, train_run
+from drive import draw
 
 pytestmark = pytest.mark.mnist
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
@@ -103,23 +104,6 @@ def open_page(server: str, path: str = "/") -> Iterator[SimpleNamespace]:
 
 def shifted(strokes: list[list[tuple[int, int]]], dx: int) -> list[list[tuple[int, int]]]:
     return [[(x + dx, y) for x, y in stroke] for stroke in strokes]
-
-
-def draw(page, strokes: list[list[tuple[int, int]]], steps: int = 12) -> None:
-    """Mouse strokes through the given canvas points, in many small moves as a hand makes them."""
-    box = page.locator("#pad").bounding_box()
-    width = page.evaluate("document.getElementById('pad').width")
-    height = page.evaluate("document.getElementById('pad').height")
-
-    def at(p: tuple[int, int]) -> tuple[float, float]:
-        return box["x"] + p[0] * box["width"] / width, box["y"] + p[1] * box["height"] / height
-
-    for stroke in strokes:
-        page.mouse.move(*at(stroke[0]))
-        page.mouse.down()
-        for p in stroke[1:]:
-            page.mouse.move(*at(p), steps=steps)
-        page.mouse.up()
 
 
 def shown(page) -> dict:

@@ -48,10 +48,6 @@ HUB_ONNX_INT8 = "model.int8.onnx"
 HUB_CARD = "README.md"
 
 
-class ModelInfoError(DigitlabError):
-    """A model description that cannot be read."""
-
-
 class ModelInfo(BaseModel):
     """What a model is and how it is fed: enough to rebuild it and prepare its inputs."""
 
@@ -67,6 +63,10 @@ class ModelInfo(BaseModel):
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
+
+
+class ModelInfoError(DigitlabError):
+    """A model description that cannot be read."""
 
 
 def read_model_info(text: str | bytes, *, source: str) -> ModelInfo:
