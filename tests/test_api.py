@@ -13,15 +13,11 @@ import pytest
 import digitlab
 from digitlab import api
 
-API = {
-    "Predictor": "digitlab.inference.predictor",
-    "read_digits": "digitlab.inference.strings",
-    "prepare_image": "digitlab.inference.prepare",
-    "load_dataset": "digitlab.data.loading",
-    "train": "digitlab.api",
-    "evaluate": "digitlab.api",
-    "calibrate": "digitlab.api",
-}
+# each public name and where it is defined, as "module:name"
+DEFINED = ["digitlab.inference.predictor:Predictor", "digitlab.inference.strings:read_digits",
+           "digitlab.inference.prepare:prepare_image", "digitlab.data.loading:load_dataset", "digitlab.api:train",
+           "digitlab.api:evaluate", "digitlab.api:calibrate"]
+API = {where.split(":")[1]: where.split(":")[0] for where in DEFINED}
 HEAVY = ("torch", "matplotlib", "skops", "onnxruntime", "onnx", "sklearn", "scipy", "skimage")
 
 

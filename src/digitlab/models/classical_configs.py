@@ -3,10 +3,11 @@
 Usage: ``create_model("svm", C=5.0)`` (the registry imports this module; building a model imports
 ``digitlab.models.classical``, where the scikit-learn pipelines live).
 
-scikit-learn takes a second or more to import; keeping it out of the registry keeps it out of
+scikit-learn is slow to import (docs/decisions.md#deferred-imports); keeping it out of the registry keeps it out of
 ``Predictor.from_path`` on a torch run, ``list_models()`` and ``digitlab --help``.
 """
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 from digitlab.models.registry import ModelConfig, register_model
@@ -46,33 +47,22 @@ class LogisticConfig(ClassicalConfig):
     max_iter: int = 200
 
 
-@register_model("svm", SVMConfig, kind="classical")
-def build_svm(cfg: SVMConfig) -> "ClassicalModel":
-    """Support vector machine (RBF kernel by default, on 50 PCA components)."""
-    from digitlab.models import classical
+def _lazy_build(builder: str, summary: str) -> Callable[[ClassicalConfig], "ClassicalModel"]:
+    """A registry builder that imports scikit-learn (``models.classical``) only when a model is built."""
 
-    return classical.build_svm(cfg)
+    def build(cfg: ClassicalConfig) -> "ClassicalModel":
+        from digitlab.models import classical
 
+        return getattr(classical, builder)(cfg)
 
-@register_model("knn", KNNConfig, kind="classical")
-def build_knn(cfg: KNNConfig) -> "ClassicalModel":
-    """k-nearest neighbours on pixels."""
-    from digitlab.models import classical
-
-    return classical.build_knn(cfg)
+    build.__doc__ = summary
+    return build
 
 
-@register_model("random-forest", RandomForestConfig, kind="classical")
-def build_random_forest(cfg: RandomForestConfig) -> "ClassicalModel":
-    """Random forest on pixels."""
-    from digitlab.models import classical
-
-    return classical.build_random_forest(cfg)
-
-
-@register_model("logistic", LogisticConfig, kind="classical")
-def build_logistic(cfg: LogisticConfig) -> "ClassicalModel":
-    """Multinomial logistic regression on standardised pixels."""
-    from digitlab.models import classical
-
-    return classical.build_logistic(cfg)
+# name, config, the builder in models.classical, the registry's one-line summary
+for _name, _config, _builder, _summary in (
+        ("svm", SVMConfig, "build_svm", "Support vector machine (RBF kernel by default, on 50 PCA components)."),
+        ("knn", KNNConfig, "build_knn", "k-nearest neighbours on pixels."),
+        ("random-forest", RandomForestConfig, "build_random_forest", "Random forest on pixels."),
+        ("logistic", LogisticConfig, "build_logistic", "Multinomial logistic regression on standardised pixels.")):
+    register_model(_name, _config, kind="classical")(_lazy_build(_builder, _summary))
