@@ -57,7 +57,7 @@ def _version() -> str:
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":
-        value: Any = _version()  # reading the installed metadata takes tens of ms: only when asked
+        value: Any = _version()  # reading the metadata is slow: only when asked (docs/decisions.md#deferred-imports)
     elif name in _WHERE:
         value = getattr(import_module(_WHERE[name]), name)
     else:

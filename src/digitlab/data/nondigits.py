@@ -94,7 +94,7 @@ def _blob(rng: np.random.Generator) -> np.ndarray:
 
 def synthetic_nondigits(n: int, *, seed: int = 0, kinds: tuple[str, ...] = KINDS) -> np.ndarray:
     """``n`` non-digit images ``(n, 28, 28)`` uint8 in MNIST's convention, the kinds in equal shares."""
-    import matplotlib  # only for its bundled fonts; a few hundred ms to import
+    import matplotlib  # only for its bundled fonts, and slow to import (docs/decisions.md#deferred-imports)
 
     rng = np.random.default_rng(seed)
     font_dir = Path(matplotlib.get_data_path()) / "fonts" / "ttf"

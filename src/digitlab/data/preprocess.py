@@ -72,8 +72,8 @@ class PreprocessSpec(BaseModel):
         return images.to(torch.float32, copy=True).mul_(a).sub_(b)
 
     def normalize_array(self, images: np.ndarray) -> np.ndarray:
-        """``normalize`` for NumPy arrays (the ONNX Runtime backend: no torch thread pool woken up
-        next to onnxruntime's, which made both spin for the cores: 13k against 28k images/s)."""
+        """``normalize`` for NumPy arrays: the ONNX Runtime backend wakes no torch thread pool
+        (docs/decisions.md#onnx-runtime-threads)."""
         x = np.asarray(images)
         if x.ndim == 3:
             x = x[:, None]

@@ -36,7 +36,7 @@ def split_train_val(
         return np.arange(n), np.empty(0, dtype=np.int64)
     if not 0 < n_val < n:
         raise DataError(f"validation size {n_val} must be between 0 and {n - 1} (the training set has {n})")
-    from sklearn.model_selection import train_test_split  # a second or more to import: only here
+    from sklearn.model_selection import train_test_split  # slow to import (docs/decisions.md#deferred-imports)
 
     try:
         train_idx, val_idx = train_test_split(

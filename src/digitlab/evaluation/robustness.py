@@ -20,9 +20,9 @@ Two curves, because the two ways digits reach a model differ:
   centre of mass at the frame's centre), as ``digitlab predict``, the service's images and
   ``evaluate_images`` prepare a real image. The preparation undoes a shift, most of a scale change and
   an inversion, not a rotation. An image where it finds no digit counts as an error
-  (``no_digit_found_prepared``). It costs about 1.5 ms an image on one CPU core, so it is measured
-  for the geometric perturbations and the inversion only: noise, blur, stroke thickness and occlusion
-  stay raw-only.
+  (``no_digit_found_prepared``). It is slow next to the model's batched call, so it is measured for
+  the geometric perturbations and the inversion only: noise, blur, stroke thickness and occlusion
+  stay raw-only (docs/decisions.md#prepared-robustness-curves).
 """
 
 import hashlib

@@ -403,7 +403,8 @@ def _quantize(prepared: Path, out: Path, batches: list[dict[str, np.ndarray]], *
                 per_channel=per_channel,
                 nodes_to_exclude=exclude or [],
                 # 7-bit weights: u8 x s8 products saturate in the AVX2/AVX-512 kernels of CPUs without
-                # VNNI, which per-channel scales make likelier (onnxruntime's quantization guide).
+                # VNNI, which per-channel scales make likelier (onnxruntime's quantization guide;
+                # docs/decisions.md#int8).
                 reduce_range=per_channel,
                 calibrate_method=CalibrationMethod.MinMax,
             )

@@ -7,14 +7,13 @@ Usage::
     scores = detector(features, logits)                   # (N,): higher is less digit-like
     t_soft, t_det = rejection_thresholds(val_conf, val_scores, rate=0.007, softmax_rate=0.003)
 
-A classifier trained on digits alone reads anything as some digit, often confidently: a confidence
-threshold that rejects 0.7% of real digits rejects about half of letters, scribbles, blobs and noise
-(benchmarks/bench_rejection.py). The detector is a binary classifier, digits (0) against the
-library's synthetic non-digits (1, ``digitlab.data.nondigits``), reading what the network already
-computed: the input of its last linear layer, each conv block's output averaged over space (see the
-families' ``forward_features``), the calibrated max confidence and the energy (``-logsumexp`` of the
-logits). The best of the feature-space scores measured in benchmarks/explore_ood.py (Mahalanobis,
-k-NN, energy, logistic regression, MLPs). Its input scaler lives in the module (buffers), so the
+A classifier trained on digits alone reads anything as some digit, often confidently; a confidence
+threshold alone does not reject enough non-digits (docs/decisions.md#rejection). The detector is a
+binary classifier, digits (0) against the library's synthetic non-digits (1,
+``digitlab.data.nondigits``), reading what the network already computed: the input of its last
+linear layer, each conv block's output averaged over space (see the families' ``forward_features``),
+the calibrated max confidence and the energy (``-logsumexp`` of the logits). Why this score and not
+another: docs/decisions.md#non-digit-detector. Its input scaler lives in the module (buffers), so the
 rejection file (``inference.rejection``) and the ONNX graph hold all of it.
 """
 
@@ -32,9 +31,7 @@ EPOCHS = 15
 MIN_STEPS = 150  # tiny runs (a few hundred images) still get enough updates
 BATCH = 256
 LR = 1e-3
-# Adam's L2 penalty. Stronger regularisation trades non-digits caught for digits kept: on the bench CNN
-# (seed 0, detector seeds 0-2), 1e-4 rejected 0.94-1.03% of MNIST test digits and 92% of bench_rejection's
-# non-digits; 2e-3 rejects 0.88-0.92% and 91%; 1e-2, 0.73% and 88%.
+# Adam's L2 penalty: stronger trades non-digits caught for digits kept (docs/decisions.md#detector-weight-decay).
 WEIGHT_DECAY = 2e-3
 _MIN_SCALE = 1e-6  # a feature that never varies (a dead channel) is centred, not scaled
 

@@ -221,7 +221,7 @@ class Predictor:
             dev = resolve_device(device)
             channels_last = _trained_channels_last(run)
             net = _load_torch(info, run.file(RunDir.WEIGHTS), dev)
-            if channels_last:  # a network trained channels-last runs faster that way (docs/decisions.md)
+            if channels_last:  # a network trained channels-last runs faster that way (docs/decisions.md#channels-last)
                 net.to(memory_format=torch.channels_last)
             backend = TorchBackend(net, info.preprocess, device=dev, channels_last=channels_last)
         return cls._with_rejection(info, backend, run.path, run.path if rejection else None)
@@ -242,7 +242,8 @@ class Predictor:
         try:
             options = ort.SessionOptions()
             options.log_severity_level = 3  # warnings about unused initializers are not the user's problem
-            options.intra_op_num_threads = torch.get_num_threads()  # as many threads as torch would use
+            # as many threads as torch would use (docs/decisions.md#onnx-runtime-threads)
+            options.intra_op_num_threads = torch.get_num_threads()
             session = ort.InferenceSession(str(path), options, providers=_onnx_providers(ort))
             meta = session.get_modelmeta().custom_metadata_map
         except Exception as e:  # onnxruntime raises its own kinds for a corrupt or foreign file

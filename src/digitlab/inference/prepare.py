@@ -28,8 +28,8 @@ The steps, in order:
    reduced with anti-aliasing and placed by its centre of mass (MNIST's digits have theirs at
    pixel (14, 14)).
 
-SciPy and scikit-image (a third of a second to import) are imported by the steps that use them, so the
-Predictor, which imports this module for its names, loads a model without them.
+SciPy and scikit-image (slow to import: docs/decisions.md#deferred-imports) are imported by the steps
+that use them, so the Predictor, which imports this module for its names, loads a model without them.
 """
 
 import contextlib
@@ -51,31 +51,19 @@ POLARITIES: tuple[str, ...] = ("auto", "dark-on-light", "light-on-dark")
 
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (a 40 MP photo is the most we expect)
 MAX_BYTES = 50 * 1024 * 1024
-# MNIST's stroke width in the 28x28 frame (ink area / skeleton length at half intensity, measured on
-# 2,000 training digits): median 2.7 px, 5th-95th percentile 1.79-4.23 px. Outside WIDTH_OK a digit is
-# brought to the nearest end of WIDTH_TARGET. The thick side is cut at the 90th percentile: thick
-# renderings lost 0.62 point with (5.6 -> 4.3) and 0.45 with (4.0 -> 3.3), MNIST test digits on white
-# 0.10 either way (4,000 test digits, benchmarks/bench_prepare.py renderings). The thin side was chosen
-# on 5,000 validation digits drawn thin (the bench_prepare rendering), with the grey dilation below:
-# (1.7 -> 2.3) lost 0.68 point, (2.0 -> 2.7) 0.54 and (2.3 -> 2.7) 0.50, for 0.02 / 0.04 / 0.06 on the
-# digits on white and 0.10 / 0.10 / 0.16 as JPEG: the middle one.
+# A stroke width (28x28 frame) outside WIDTH_OK is brought to the nearest end of WIDTH_TARGET
+# (docs/decisions.md#stroke-width).
 WIDTH_OK = (2.0, 4.0)
 WIDTH_TARGET = (2.7, 3.3)
-# A thin pen line is also a faint one (its anti-aliased peak falls as it narrows), and its faintest parts
-# carry the shape (the top of a 9's loop): before thickening, ink above FAINT_FLOOR is raised by
-# FAINT_GAMMA. Validation digits drawn thin: the skeleton tube thickening lost 1.12 points, a grey
-# dilation alone 1.56, the dilation after the gamma 0.64 (0.68 with the floor, which keeps JPEG's ringing
-# out: 0.48 point lost on JPEG digits without it, 0.08 with it).
+# A thin line's faint ink (above FAINT_FLOOR) is raised by FAINT_GAMMA before thickening (docs/decisions.md#faint-ink).
 FAINT_GAMMA = 0.5
 FAINT_FLOOR = 0.03
-# Ink above FAINT_LEVEL (of the range, and 3 noise sigmas) connected to the digit is part of it (a fading
-# pen line). On validation digits: 0.05 kept more of the thin ones (0.48 point lost instead of 0.54) but
-# let JPEG's ringing into the box (0.22 instead of 0.10); 0.1 lost 0.54 and 0.14.
+# Ink above FAINT_LEVEL connected to the digit is part of it, a fading pen line (docs/decisions.md#faint-ink-crop).
 FAINT_LEVEL = 0.1
 MIN_CONTRAST = 0.12  # ink must stand this far (of the full range) above the background...
 MIN_CNR = 6.0  # ...and this many noise standard deviations
 SPECK_FRACTION = 0.06  # components smaller than this share of the largest are specks
-SCATTER_COVER = 0.5  # ink over half the image is noise or texture, not a digit (a thick one framed tight: 40%)...
+SCATTER_COVER = 0.5  # ink over half the image is noise or texture, not a digit (docs/decisions.md#scattered-ink)
 SCATTER_PIECES = 40  # ...and so is ink in this many pieces with over 10% of it in specks
 _SUPER = 4  # fitting works at 4x the final resolution
 WORK_SIDE = 320  # larger images are block-averaged down to this longest side before anything else
@@ -378,10 +366,8 @@ def crop_digit(ink: Ink) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
 
 
 def _scattered(mask: np.ndarray, areas: np.ndarray, big: np.ndarray) -> bool:
-    """Noise or texture rather than a digit: ink over half the image, or scattered in many
-    pieces none of which dominates. Measured: MNIST test digits drawn on paper have one piece (99th
-    percentile 1), all their ink in it, and cover at most 26% of the image; noise images have 133
-    pieces (median), 84% of their ink in the large ones and cover 36%."""
+    """Noise or texture rather than a digit: ink over half the image, or in many pieces none of which
+    dominates (docs/decisions.md#scattered-ink)."""
     many = len(areas) >= SCATTER_PIECES // 4  # one piece covering most of a tight crop is a digit, not texture
     return bool(many and (mask.mean() > SCATTER_COVER or
                           (len(areas) >= SCATTER_PIECES and areas[big].sum() < 0.9 * areas.sum())))
@@ -411,9 +397,8 @@ def _restroke(x: np.ndarray, width: float, goal: float) -> np.ndarray:
 
     Thin strokes have their faint ink raised (``FAINT_GAMMA`` above ``FAINT_FLOOR``), then a grey
     dilation by half the shortfall: the grey profile across a stroke is kept, and a stroke broken to
-    faint ink stays whole. Thick ones are eroded by half the excess only: a full erosion erases the
-    narrower parts of a digit (measured on MNIST test digits drawn thick: half the excess lost 1.8
-    points, the full excess 2.2).
+    faint ink stays whole. Thick ones are eroded by half the excess only: a full erosion erases a
+    digit's narrower parts (docs/decisions.md#stroke-width).
     """
     from scipy import ndimage as ndi
 
@@ -498,7 +483,7 @@ def fit_digit(crop: np.ndarray, spec: PreprocessSpec | None = None, *, deskew: b
     frame = np.zeros((out_h, out_w), np.float32)
     sh, sw = small.shape
     cy, cx = ndi.center_of_mass(small) if peak > 0 else ((sh - 1) / 2, (sw - 1) / 2)
-    # MNIST's centre of mass sits at pixel (14, 14) of the 28x28 frame (measured: 13.99, 14.00)
+    # MNIST's centre of mass sits at pixel (14, 14) of the 28x28 frame (docs/decisions.md#centre-of-mass)
     top = int(np.clip(round(out_h / 2 - cy), 0, out_h - sh))
     left = int(np.clip(round(out_w / 2 - cx), 0, out_w - sw))
     frame[top:top + sh, left:left + sw] = small

@@ -2,7 +2,7 @@
 
 Usage::
 
-    predictor = Predictor.from_run("runs/bench/default-seed0")
+    predictor = Predictor.from_path("runs/<run>")      # a trained run
     line = read_digits("postcode.png", predictor)      # a path, bytes, a PIL image or an array
     line.text, line.confidence                          # "75013", 0.97 (the product of the digits')
     [(d.label, d.confidence, d.box) for d in line.digits]   # boxes in the source image's pixels
@@ -92,11 +92,7 @@ LOG_FLOOR = 12.0  # the aspect's log-density never goes below -LOG_FLOOR
 # log(width / height) of MNIST's training digits in their frame (ink > 127), mean and std per class 0-9
 ASPECT_LOG_MEAN = np.array([-0.119, -1.007, -0.083, -0.262, -0.27, -0.086, -0.36, -0.294, -0.311, -0.433])
 ASPECT_LOG_STD = np.array([0.218, 0.489, 0.242, 0.226, 0.229, 0.286, 0.229, 0.23, 0.237, 0.215])
-# Weight of the non-digit detector's log-probability that a piece is a digit, when the predictor has one:
-# half-digits and two touching digits look little like one digit to it. Chosen on strings composed from
-# the validation split (1,000 of each kind, runs/bench/default-seed0): weights 0 / 0.5 / 1 / 2 / 3 / 5
-# read 96.9 / 97.0 / 97.1 / 97.1 / 97.1 / 97.1% of separated strings and 21.3 / 30.0 / 33.6 / 34.7 /
-# 34.4 / 34.0% of touching ones whole.
+# Weight of the detector's log-probability that a piece is one digit (docs/decisions.md#detector-weight-in-strings).
 DETECTOR_WEIGHT = 2.0
 FRAGMENT_KEEP = 0.15  # a cut-off bit smaller than this share of its piece's largest part is dropped
 

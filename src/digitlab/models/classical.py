@@ -146,7 +146,7 @@ class ClassicalModel:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the fitted pipeline in skops format, atomically."""
-        import skops.io as sio  # about a second to import: only saving and loading need it
+        import skops.io as sio  # slow to import: only saving and loading need it (docs/decisions.md#deferred-imports)
 
         path = Path(path)
         with atomic_path(path) as tmp:

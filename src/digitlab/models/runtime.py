@@ -43,7 +43,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
-    return None  # on CPU, fp32 measured faster for these small models (benchmarks/)
+    return None  # fp32 on CPU: bf16 was slower for these small models (docs/decisions.md#precision)
 
 
 def has_features(model: object) -> bool:

@@ -24,8 +24,8 @@ class _Clamp01(nn.Module):
 
 class RandomStroke(nn.Module):
     """Strokes made thinner or thicker, per sample: a random blend (0-1) towards a 3x3 grey erosion or
-    dilation, applied to a share ``p`` of the batch (half thinner, half thicker). Pens differ; MNIST's
-    strokes are 1.8-5.0 px wide (5th-95th percentile)."""
+    dilation, applied to a share ``p`` of the batch (half thinner, half thicker). Pens differ, MNIST's
+    too (docs/decisions.md#stroke-augmentation)."""
 
     def __init__(self, p: float) -> None:
         super().__init__()
@@ -46,7 +46,7 @@ def build_augmenter(cfg: AugmentSection) -> nn.Module | None:
     """An ``nn.Sequential`` of kornia ops for ``cfg``, or None when nothing is enabled."""
     if not cfg.enabled:
         return None
-    import kornia.augmentation as K  # a third of a second to import: only a run that augments pays it
+    import kornia.augmentation as K  # slow to import: only runs that augment pay (docs/decisions.md#deferred-imports)
 
     ops: list[nn.Module] = []
     if cfg.rotation or cfg.translate or cfg.scale != (1.0, 1.0) or cfg.shear:
