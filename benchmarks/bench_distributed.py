@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def one(recipe: str, epochs: int, procs: int | None, device: str) -> dict[str, object]:
     out = Path(tempfile.mkdtemp(prefix="bench-ddp-"))
     cmd = [sys.executable, "-m", "digitlab", "train", "--recipe", recipe, "--out", str(out), "--quiet",
+           "--no-calibrate",
            "--set", f"train.epochs={epochs}", "--set", f"train.device={device}"]
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     if procs is not None:

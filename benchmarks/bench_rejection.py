@@ -5,8 +5,9 @@ Usage::
 
     DIGITLAB_DATA_DIR=../shared/data .venv/bin/python benchmarks/bench_rejection.py RUN [--n 500]
 
-RUN must have been evaluated (``digitlab evaluate RUN``): that stores the temperature and the rejection
-threshold chosen on validation. Non-digits are drawn as a person would present them (dark ink on a
+RUN must have its rejection fitted (``digitlab train`` does it at its end, ``digitlab calibrate RUN`` on
+its own): the temperature, the thresholds and the non-digit detector, chosen on validation. Non-digits
+are drawn as a person would present them (dark ink on a
 light 64x64 image, through the same preparation as any real image):
 
 - letters: A-Z and a-z rendered with matplotlib's bundled fonts (DejaVu Sans / Serif / Mono, Computer
@@ -117,13 +118,13 @@ def noise(n: int, rng: np.random.Generator) -> list[tuple[str, bytes]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", help="an evaluated run directory")
+    parser.add_argument("run", help="a run directory with its rejection fitted")
     parser.add_argument("--n", type=int, default=520, help="images per non-digit kind")
     parser.add_argument("--out", default="benchmarks/results/rejection.json")
     args = parser.parse_args()
     predictor = Predictor.from_run(args.run)
     if predictor.threshold is None:
-        sys.exit(f"{args.run}: no rejection threshold; run `digitlab evaluate {args.run}` first")
+        sys.exit(f"{args.run}: no rejection threshold; run `digitlab calibrate {args.run}` first")
     rng = np.random.default_rng(0)
     ds = load_dataset(predictor.info.dataset or "mnist")
     result = {"run": args.run, "threshold": predictor.threshold, "rule": predictor.rejection.policy.rule,

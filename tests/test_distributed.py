@@ -112,8 +112,9 @@ def test_two_gloo_ranks_under_torchrun_match_one_process(tmp_path: Path) -> None
         assert r2["train_loss"] == pytest.approx(r1["train_loss"], rel=1e-5)
     results = json.loads((run / "results.json").read_text())
     assert results["world_size"] == 2 and results["test_acc"] == single.test_acc
-    # Rank 0 alone wrote: one run directory holding exactly what a single process writes.
-    assert _files(tmp_path / "two") == _files(tmp_path / "one")
+    # Rank 0 alone wrote: one run directory holding exactly what a single process writes, and the rejection
+    # that `digitlab train` fits at its end (train_run alone does not).
+    assert _files(tmp_path / "two") == sorted([*_files(tmp_path / "one"), "rejection.safetensors"])
 
 
 def _children(pid: int) -> list[int]:

@@ -162,6 +162,8 @@ def test_a_run_without_rejection_rejects_nothing_it_read(tiny_run) -> None:
     assert p.rejection is None and p.threshold is None and p.temperature == 1.0
     out = p.predict(images())
     assert not out.rejected.any() and out.nondigit_score is None and out.reasons == [None] * 20
+    empty = p.predict(np.zeros((0, 28, 28), np.uint8))
+    assert len(empty) == 0 and empty.proba.shape == (0, 10) and empty.labels == []
 
 
 def test_the_predictor_rejects_by_confidence_or_detector(tiny_run) -> None:

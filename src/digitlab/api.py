@@ -68,7 +68,7 @@ def train(recipe: str = "default", overrides: Mapping[str, Any] | Sequence[str] 
     if calibrate and is_main_process():  # under torchrun, rank 0 alone writes the run
         from digitlab.inference.rejection import calibrate_run
 
-        calibrate_run(result.run_dir, show_progress=show_progress, log=log)
+        calibrate_run(result.run_dir, device=str(result.device), show_progress=show_progress, log=log)
     return result
 
 

@@ -320,11 +320,11 @@ def train(
                   f"measured once after training")
     procs = f" x {result.world_size} processes" if result.world_size > 1 else ""
     out.print(f"training time: {result.train_seconds:.1f} s on {result.device}{procs}, {result.n_params:,} parameters")
-    if calibrate:
-        _calibrate(result.run_dir, show_bar=show_bar)
+    if calibrate:  # on the device training used
+        _calibrate(result.run_dir, show_bar=show_bar, device=str(result.device))
 
 
-def _calibrate(run: Path, *, show_bar: bool, device: str = "auto", data_dir: Path | None = None) -> None:
+def _calibrate(run: Path, *, show_bar: bool, device: str, data_dir: Path | None = None) -> None:
     """Fit the run's rejection (temperature, thresholds, non-digit detector) and say what it decided."""
     from digitlab.inference.rejection import REJECTION_FILE, calibrate_run
 
@@ -439,7 +439,7 @@ def predict(
                                         "amount): read them all, left to right.")] = False,
     min_confidence: Annotated[float | None, typer.Option(
         "--min-confidence", min=0.0, max=1.0, help="Reject below this calibrated confidence (default: the "
-        "threshold chosen on validation by `digitlab evaluate`).")] = None,
+        "threshold `digitlab calibrate` chose on validation digits).")] = None,
     save_prepared: Annotated[Path | None, typer.Option("--save-prepared", file_okay=False, help="Write the 28x28 "
                                                        "image the model saw for each input to this folder.")] = None,
     csv_path: Annotated[Path | None, typer.Option("--csv", dir_okay=False, help="Also write one row per image to "

@@ -82,6 +82,18 @@ def _timed_logits(predictor: Predictor, images: np.ndarray) -> tuple[np.ndarray,
     return logits, len(sample) / max(best, 1e-9)
 
 
+def require_rejection(predictor: Predictor, run_path: Path) -> Any:
+    """The run's fitted rejection policy (what evaluation measures, never fits).
+
+    Raises:
+        EvaluationError: the run has none yet.
+    """
+    if predictor.rejection is None:
+        raise EvaluationError(f"{run_path}: no rejection fitted yet; run `digitlab calibrate {run_path}` first "
+                              "(digitlab train does it at its end)")
+    return predictor.rejection.policy
+
+
 def evaluate_run(path: str | os.PathLike[str], *, dataset: str | None = None, split: Literal["test", "val"] = "test",
                  robustness: bool = False, robustness_samples: int | None = 2000, data_dir: str | None = None,
                  device: str = "auto", log: Any = None) -> dict[str, Any]:
@@ -104,10 +116,7 @@ def evaluate_run(path: str | os.PathLike[str], *, dataset: str | None = None, sp
     cfg = run_config(run)
     rows = read_metrics_rows(run)  # every input is checked before the long work starts
     predictor = Predictor.from_run(run.path, device=device)
-    if predictor.rejection is None:
-        raise EvaluationError(f"{run.path}: no rejection fitted yet; run `digitlab calibrate {run.path}` first "
-                              "(digitlab train does it at its end)")
-    policy = predictor.rejection.policy
+    policy = require_rejection(predictor, run.path)
     trained_on = predictor.info.dataset or cfg.data.dataset
     name = dataset or trained_on
     # another dataset is not looked for in the folder the training data came from

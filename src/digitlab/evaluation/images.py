@@ -22,7 +22,7 @@ from sklearn.metrics import classification_report, confusion_matrix
 
 from digitlab.core.rundir import RunDir
 from digitlab.evaluation import plots
-from digitlab.evaluation.evaluate import EvaluationError
+from digitlab.evaluation.evaluate import EvaluationError, require_rejection
 from digitlab.evaluation.metrics import wilson_interval
 from digitlab.inference import Predictor
 from digitlab.inference.batch import IMAGE_SUFFIXES, FileFailure, predict_files, write_csv
@@ -56,6 +56,7 @@ def evaluate_images(path: str | os.PathLike[str], folder: str | os.PathLike[str]
     say = log or (lambda _msg: None)
     run = RunDir.open(path)
     predictor = Predictor.from_run(run.path, device=device)
+    require_rejection(predictor, run.path)
     src = Path(folder)
     files, y = labelled_images(src, predictor.class_names)
     say(f"{src}: {len(files):,} images in {len(set(y.tolist()))} classes")

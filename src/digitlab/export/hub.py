@@ -285,13 +285,14 @@ def _card_body(model_name: str, title: str, recipe: str, cfg: dict[str, Any], cf
                      f"prediction whose calibrated confidence is below {threshold:.3f} is rejected by default "
                      f"({cal.rule}). Raise it where a wrong digit costs more "
                      "than a rejected one, after measuring on data like yours.")
-    elif cal is not None:
+    elif cal is not None and cal.n_val > 0:
         lines.append(f"- **Confidence.** Probabilities are calibrated by temperature scaling (T = "
                      f"{cal.temperature:.3f}, fitted on {cal.n_val:,} validation images); reject "
                      "answers below a confidence threshold chosen on data like yours rather than trusting every "
                      "prediction.")
     else:
-        lines.append("- **Confidence.** No temperature was fitted (`digitlab calibrate` fits one): raw softmax "
+        lines.append("- **Confidence.** No temperature was fitted (`digitlab calibrate` fits one on a run with a "
+                     "validation split): raw softmax "
                      "probabilities of networks are usually over-confident, so do not threshold them as they are.")
     lines += [
         f"- **Measured on {title}'s test split.** Accuracy on other handwriting (other writers, pens, scanners) "

@@ -12,7 +12,8 @@ A Predictor is three parts: the model's description (``formats.ModelInfo``, read
 run, a hub folder or an ONNX file), a backend (``inference.backends``: torch, ONNX Runtime, scikit-learn)
 that turns uint8 images into logits through the preprocessing spec, and the rejection fitted for it
 (``inference.rejection``: temperature, confidence threshold, non-digit detector). A model without a
-rejection file gives uncalibrated probabilities and rejects only what has no digit in it.
+rejection file gives uncalibrated probabilities and rejects only real images with no digit in them or
+with strokes too thick for a digit (``MAX_STROKE``).
 """
 
 import os
@@ -161,6 +162,13 @@ class Predictor:
         self.backend = backend
         self.rejection = rejection
         self.source = source
+        if rejection is not None and rejection.detector is not None and not backend.has_detector:
+            if not isinstance(backend, TorchBackend):
+                raise PredictorError(f"{source or info.name}: a non-digit detector for a model that gives no features")
+            try:
+                backend.attach_detector(rejection.detector, source=str(source or info.name))
+            except BackendError as e:
+                raise PredictorError(str(e)) from None
 
     def __repr__(self) -> str:
         return (f"Predictor({self.name}, {self.backend.name} on {self.device}, "
@@ -276,14 +284,7 @@ class Predictor:
             elif (folder / _OLD_CALIBRATION).is_file():
                 raise PredictorError(f"{folder}: calibrated by an older digitlab ({_OLD_CALIBRATION}); run "
                                      f"`digitlab calibrate {folder}` to fit its rejection again")
-        if rejection is not None and rejection.detector is not None:
-            if not isinstance(backend, TorchBackend):
-                raise PredictorError(f"{folder}: a non-digit detector for a model that has no features")
-            try:
-                backend.attach_detector(rejection.detector, source=str(folder / REJECTION_FILE))
-            except BackendError as e:
-                raise PredictorError(str(e)) from None
-        return cls(info, backend, rejection=rejection, source=source)
+        return cls(info, backend, rejection=rejection, source=source)  # the constructor attaches its detector
 
     # ------------------------------------------------------------------------------------------ the model
 
@@ -407,8 +408,11 @@ class Predictor:
         """
         images = self._check(images)
         nondigit = None
-        if self.detector_threshold is not None:
-            logits, nondigit = self.backend.logits_and_nondigit(images, batch_size=batch_size)
+        if not len(images):
+            logits = np.zeros((0, self.n_classes))
+            nondigit = np.zeros(0) if self.detector_threshold is not None else None
+        elif self.detector_threshold is not None:
+            logits, nondigit = self.logits_and_nondigit(images, batch_size=batch_size)
         else:
             logits = self.backend.logits(images, batch_size=batch_size)
         proba = softmax(logits, self.temperature)

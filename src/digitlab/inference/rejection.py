@@ -292,9 +292,10 @@ def fit_rejection(predictor: Any, *, val_images: np.ndarray, val_labels: np.ndar
               "nll_before": nll_before, "nll_after": nll_after}
     if not (detector and predictor.has_features and predictor.class_names == DIGIT_CLASSES):
         t = float(np.quantile(val_conf, REJECT_VAL_RATE))
-        return Rejection(RejectionPolicy(**common, confidence_threshold=t, val_rejected=float((val_conf < t).mean()),
-                                         rule=f"calibrated confidence below {t:.4f} (rejects {REJECT_VAL_RATE:.1%} "
-                                              "of validation digits)"))
+        share = float((val_conf < t).mean())  # below the aim where confidences tie (k-NN's vote shares)
+        return Rejection(RejectionPolicy(**common, confidence_threshold=t, val_rejected=share,
+                                         rule=f"calibrated confidence below {t:.4f} (rejects {share:.2%} of "
+                                              "validation digits)"))
     from digitlab.inference.detector import fit_detector, rejection_thresholds
 
     start = time.perf_counter()
@@ -310,11 +311,10 @@ def fit_rejection(predictor: Any, *, val_images: np.ndarray, val_labels: np.ndar
     _, val_nondigit = predictor.logits_and_nondigit(val_images, detector=det)
     t_soft, t_det = rejection_thresholds(val_conf, val_nondigit, rate=REJECT_VAL_RATE,
                                          softmax_rate=RELAXED_SOFTMAX_RATE)
-    rejected = (val_conf < t_soft) | (val_nondigit > t_det)
-    policy = RejectionPolicy(**common, confidence_threshold=t_soft, detector_threshold=t_det,
-                             val_rejected=float(rejected.mean()), detector=info,
-                             rule=f"calibrated confidence below {t_soft:.4f} or non-digit score above {t_det:.4f} "
-                                  f"(rejects {REJECT_VAL_RATE:.1%} of validation digits)")
+    share = float(((val_conf < t_soft) | (val_nondigit > t_det)).mean())
+    policy = RejectionPolicy(**common, confidence_threshold=t_soft, detector_threshold=t_det, val_rejected=share,
+                             detector=info, rule=f"calibrated confidence below {t_soft:.4f} or non-digit score above "
+                                                 f"{t_det:.4f} (rejects {share:.2%} of validation digits)")
     return Rejection(policy, det)
 
 
