@@ -129,7 +129,7 @@ def test_train_builds_the_config_like_the_cli_then_calibrates(tmp_path: Path, mo
 
     def fake_train_run(cfg: Any, **kwargs: Any) -> Any:
         seen["cfg"], seen["train"] = cfg, kwargs
-        return SimpleNamespace(run_dir=str(tmp_path / "run"))
+        return SimpleNamespace(run_dir=str(tmp_path / "run"), device="cpu")
 
     def fake_calibrate_run(run_path: Any, **kwargs: Any) -> str:
         seen["calibrate"] = (run_path, kwargs)
@@ -145,7 +145,8 @@ def test_train_builds_the_config_like_the_cli_then_calibrates(tmp_path: Path, mo
     assert (cfg.recipe, cfg.train.epochs, cfg.data.train_subset, cfg.seed) == ("fast", 2, 300, 7)
     assert cfg == training.config_from_recipe("fast", ["train.epochs=2", "data.train_subset=300", "seed=7"])
     assert seen["train"] == {"out_root": tmp_path, "show_progress": False, "log": lines.append}
-    assert seen["calibrate"] == (str(tmp_path / "run"), {"show_progress": False, "log": lines.append})
+    # calibrated where it trained
+    assert seen["calibrate"] == (str(tmp_path / "run"), {"device": "cpu", "show_progress": False, "log": lines.append})
 
     seen.clear()
     digitlab.train("fast", ["train.epochs=1"], calibrate=False)
