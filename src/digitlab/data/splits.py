@@ -45,3 +45,11 @@ def split_train_val(
     except ValueError as e:  # e.g. a class with a single example cannot be stratified
         raise DataError(f"cannot carve a stratified validation split of {n_val}: {e}") from None
     return np.sort(train_idx), np.sort(val_idx)
+
+
+def run_split(labels: np.ndarray, *, n_val: int, seed: int, train_subset: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The training and validation indices a run uses: ``split_train_val``, then the first ``train_subset``
+    training indices. The one place the trainer and the rejection fitting (which must see the same
+    digits) take them from."""
+    train_idx, val_idx = split_train_val(labels, n_val=n_val, seed=seed)
+    return (train_idx if train_subset is None else train_idx[:train_subset]), val_idx

@@ -349,7 +349,7 @@ def calibrate_run(run_path: str | os.PathLike[str], *, device: str = "auto", dat
         RejectionError, RunDirError, PredictorError, DataError: one line each.
     """
     from digitlab.data.loading import load_dataset
-    from digitlab.data.splits import split_train_val
+    from digitlab.data.splits import run_split
     from digitlab.inference.predictor import Predictor
 
     run = RunDir.open(run_path)
@@ -363,9 +363,8 @@ def calibrate_run(run_path: str | os.PathLike[str], *, device: str = "auto", dat
     if ds.spec.n_classes != predictor.n_classes:
         raise RejectionError(f"dataset {dataset} has {ds.spec.n_classes} classes; the model predicts "
                              f"{predictor.n_classes}")
-    train_idx, val_idx = split_train_val(ds.train_labels, n_val=cfg.data.n_val, seed=cfg.data.split_seed)
-    if cfg.data.train_subset is not None:  # the digits training used, as the trainer takes them
-        train_idx = train_idx[: cfg.data.train_subset]
+    train_idx, val_idx = run_split(ds.train_labels, n_val=cfg.data.n_val, seed=cfg.data.split_seed,
+                                   train_subset=cfg.data.train_subset)  # the digits training used
     rejection = fit_rejection(predictor, val_images=ds.train_images[val_idx], val_labels=ds.train_labels[val_idx],
                               train_digits=ds.train_images[train_idx], seed=cfg.seed,
                               fitted_on=f"{dataset} validation split ({len(val_idx):,} images, seed "

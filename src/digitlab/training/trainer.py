@@ -46,7 +46,7 @@ from digitlab.data.batching import BatchLoader
 from digitlab.data.loading import Dataset, load_dataset
 from digitlab.data.nondigits import cached_nondigits
 from digitlab.data.preprocess import PreprocessSpec, compute_preprocess_spec
-from digitlab.data.splits import split_train_val
+from digitlab.data.splits import run_split
 from digitlab.models.registry import count_parameters, create_model, get_entry, make_config
 from digitlab.models.runtime import autocast_dtype, predict_logits, resolve_device
 from digitlab.training.augment import build_augmenter
@@ -131,9 +131,8 @@ def seed_everything(seed: int) -> None:
 
 def prepare_split(cfg: RunConfig, ds: Dataset) -> Split:
     """Train/validation carved from train (stratified, seeded); test untouched."""
-    train_idx, val_idx = split_train_val(ds.train_labels, n_val=cfg.data.n_val, seed=cfg.data.split_seed)
-    if cfg.data.train_subset is not None:
-        train_idx = train_idx[: cfg.data.train_subset]
+    train_idx, val_idx = run_split(ds.train_labels, n_val=cfg.data.n_val, seed=cfg.data.split_seed,
+                                   train_subset=cfg.data.train_subset)
     return Split(ds.train_images[train_idx], ds.train_labels[train_idx], ds.train_images[val_idx],
                  ds.train_labels[val_idx], ds.test_images, ds.test_labels)
 
