@@ -175,6 +175,9 @@ def test_from_path_refuses_what_it_cannot_load(model, tmp_path: Path) -> None:
         Predictor.from_path(model.run, backend="onnx")
     with pytest.raises(PredictorError, match="backend"):
         Predictor.from_path(model.run, backend="tpu")
+    (tmp_path / "model.onnx").write_bytes(b"not onnx either")
+    with pytest.raises(PredictorError, match="runs on ONNX Runtime"):
+        Predictor.from_path(tmp_path / "model.onnx", backend="torch")
 
 
 def test_cli_predict_one_image(model) -> None:

@@ -114,13 +114,14 @@ class OnnxBackend:
     """An ONNX Runtime session (its graph carries the detector as a second output when the run had one)."""
 
     name = "onnx"
-    device = torch.device("cpu")
     has_features = False
 
     def __init__(self, session: Any, spec: PreprocessSpec) -> None:
         self.session = session
         self.spec = spec
         self._outputs = {o.name for o in session.get_outputs()}
+        # where it runs: the first provider the session took
+        self.device = torch.device("cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu")
 
     @property
     def has_detector(self) -> bool:

@@ -182,7 +182,7 @@ class Predictor:
 
         Args:
             backend: "auto" (torch where weights exist, else ONNX Runtime), "torch" or "onnx".
-            device: "auto" (CUDA when present), "cpu" or "cuda" (torch only).
+            device: "auto" (CUDA when present), "cpu" or "cuda"; for ONNX, the provider ONNX Runtime uses.
 
         Raises:
             PredictorError: nothing loadable at ``path``, or the backend asked for is not there.
@@ -191,7 +191,9 @@ class Predictor:
         if backend not in ("auto", "torch", "onnx"):
             raise PredictorError(f"backend {backend!r}: choose from auto, torch, onnx")
         if p.is_file() and p.suffix == ".onnx":
-            return cls._from_onnx(p)
+            if backend == "torch":
+                raise PredictorError(f"{p}: an ONNX file runs on ONNX Runtime (backend auto or onnx)")
+            return cls._from_onnx(p, device=device)
         if not p.is_dir():
             raise PredictorError(f"{p}: no such model (want a run directory, a .onnx file or a hub folder)")
         if (p / RunDir.MODEL_JSON).is_file():
@@ -202,7 +204,7 @@ class Predictor:
             if backend != "onnx" and (p / HUB_WEIGHTS).is_file():
                 return cls._from_hub(p, device=device)
             if backend != "torch" and (p / HUB_ONNX).is_file():
-                return cls._from_onnx(p / HUB_ONNX)
+                return cls._from_onnx(p / HUB_ONNX, device=device)
             raise PredictorError(f"{p}: a hub folder without {HUB_WEIGHTS if backend == 'torch' else HUB_ONNX}")
         raise PredictorError(f"{p}: neither a run directory ({RunDir.MODEL_JSON}) nor a hub folder ({HUB_CONFIG})")
 
@@ -244,7 +246,7 @@ class Predictor:
         return cls._with_rejection(info, backend, folder, folder)
 
     @classmethod
-    def _from_onnx(cls, path: Path) -> "Predictor":
+    def _from_onnx(cls, path: Path, *, device: str = "auto") -> "Predictor":
         import onnxruntime as ort  # imported here: only ONNX users pay for it
 
         try:
@@ -252,7 +254,7 @@ class Predictor:
             options.log_severity_level = 3  # warnings about unused initializers are not the user's problem
             # as many threads as torch would use (docs/decisions.md#onnx-runtime-threads)
             options.intra_op_num_threads = torch.get_num_threads()
-            session = ort.InferenceSession(str(path), options, providers=_onnx_providers(ort))
+            session = ort.InferenceSession(str(path), options, providers=_onnx_providers(ort, device))
             meta = session.get_modelmeta().custom_metadata_map
         except Exception as e:  # onnxruntime raises its own kinds for a corrupt or foreign file
             raise PredictorError(f"{path}: not a loadable ONNX model ({_first_line(e)})") from None
@@ -521,9 +523,11 @@ def _load_torch(info: ModelInfo, weights: Path, device: torch.device) -> torch.n
     return model.to(device).eval()
 
 
-def _onnx_providers(ort: Any) -> list[str]:
+def _onnx_providers(ort: Any, device: str) -> list[str]:
+    """ONNX Runtime's providers for ``device``: CUDA first where asked for (or auto) and installed."""
+    wanted = ("CPUExecutionProvider",) if device == "cpu" else ("CUDAExecutionProvider", "CPUExecutionProvider")
     available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available] or available
+    return [p for p in wanted if p in available] or available
 
 
 def _first_line(e: BaseException) -> str:
