@@ -7,7 +7,9 @@ Everything but the last section is hermetic: the images are drawn here.
 """
 
 import io
+import os
 import struct
+import threading
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -468,6 +470,46 @@ def test_folder_missing_path_and_oversized_file(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(ImageError) as e:
         prepare_image(big)
     assert_one_line(e, "big.png", "limit")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_fifo_and_devices_are_refused_before_reading(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    outcome: list[BaseException | None] = []
+
+    def read() -> None:
+        try:
+            prepare_image(fifo)
+            outcome.append(None)
+        except BaseException as e:  # handed to the test's thread
+            outcome.append(e)
+
+    worker = threading.Thread(target=read, daemon=True)
+    worker.start()
+    worker.join(10)
+    hung = worker.is_alive()
+    if hung:  # a writer that closes at once gives the blocked reader its end of file
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(10)
+    assert not hung, "reading a FIFO waited for a writer"
+    error = outcome[0]
+    assert isinstance(error, ImageError), error
+    assert "\n" not in str(error) and "pipe.png" in str(error) and "FIFO" in str(error), error
+    if Path("/dev/zero").exists():
+        with pytest.raises(ImageError) as e:
+            prepare_image("/dev/zero")
+        assert_one_line(e, "/dev/zero", "character device")
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_the_read_stops_at_the_byte_limit_whatever_st_size_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    # /dev/zero reports st_size 0 and never ends: with the file-kind check out of the way, the
+    # byte limit alone must stop the read
+    monkeypatch.setattr(prepare_module, "_kind", lambda mode: None)
+    with pytest.raises(ImageError) as e:
+        prepare_module.read_image_file(Path("/dev/zero"), limit=1000)
+    assert_one_line(e, "/dev/zero", "1,000-byte limit")
 
 
 def _nan_rgb() -> np.ndarray:

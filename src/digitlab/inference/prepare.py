@@ -35,6 +35,7 @@ that use them, so the Predictor, which imports this module for its names, loads 
 import contextlib
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,56 @@ class Prepared:
 
 # ----------------------------------------------------------------------------------------- reading
 
+def _kind(mode: int) -> str | None:
+    """What a file that is not a regular file is ("a folder", "a FIFO", ...); None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def read_image_file(path: Path, limit: int | None = None) -> bytes:
+    """A regular file's bytes, at most ``limit`` (default ``MAX_BYTES``) of them.
+
+    Devices, FIFOs, sockets and folders are refused before they are opened (``/dev/zero`` never
+    ends, a FIFO blocks until a writer comes), and the read stops one byte past the limit whatever
+    ``st_size`` says (a file that grows while it is read).
+
+    Raises:
+        ImageError: not a regular file, unreadable, or over the limit.
+    """
+    limit = MAX_BYTES if limit is None else limit
+    name = str(path)
+    try:
+        kind = _kind(os.stat(path).st_mode)
+        if kind is not None:
+            raise ImageError(f"{name}: is {kind}, not an image file")
+        # O_NONBLOCK: should the path become a FIFO after the check, opening it does not wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            kind = _kind(st.st_mode)
+            if kind is not None:
+                raise ImageError(f"{name}: is {kind}, not an image file")
+            if st.st_size > limit:
+                raise ImageError(f"{name}: {st.st_size:,} bytes is over the {limit:,}-byte limit for an image")
+            data = fh.read(limit + 1)
+    except OSError as e:
+        raise ImageError(f"{name}: {e.strerror or e}") from None
+    if len(data) > limit:
+        raise ImageError(f"{name}: over the {limit:,}-byte limit for an image")
+    return data
+
+
 def load_gray(source: str | os.PathLike[str] | bytes | Image.Image | np.ndarray) -> np.ndarray:
     """Any image -> ``(H, W)`` float32 grayscale in [0, 1].
 
@@ -102,15 +153,7 @@ def load_gray(source: str | os.PathLike[str] | bytes | Image.Image | np.ndarray)
     else:
         path = Path(source)
         name = str(path)
-        try:
-            size = path.stat().st_size
-            if size > MAX_BYTES:
-                raise ImageError(f"{name}: {size:,} bytes is over the {MAX_BYTES:,}-byte limit for an image")
-            data = path.read_bytes()
-        except IsADirectoryError:
-            raise ImageError(f"{name}: is a folder, not an image") from None
-        except OSError as e:
-            raise ImageError(f"{name}: {e.strerror or e}") from None
+        data = read_image_file(path)
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes), not an image")
     try:
