@@ -514,8 +514,11 @@ def predict(
 
 
 def _refuse_existing(path: Path | None, force: bool) -> None:
-    if path is not None and path.exists() and not force:
-        raise DigitlabError(f"{path}: already exists (--force replaces it)")
+    """An existing file only with --force, and never one of a run's own files (core.rundir.check_output)."""
+    from digitlab.core.rundir import check_output
+
+    if path is not None:
+        check_output(path, force=force)
 
 
 @contextlib.contextmanager
@@ -603,6 +606,8 @@ def export(
     out_path: Annotated[Path | None, typer.Option("--out", help="The .onnx file or the hub folder to write.")]
     = None,
     opset: Annotated[int, typer.Option("--opset", min=17, help="ONNX opset, 17 or newer.")] = 17,
+    force: Annotated[bool, typer.Option("--force", help="Let --out replace an existing file (never one of a run's "
+                                        "own files).")] = False,
 ) -> None:
     """Export a run: an ONNX file checked against torch (optionally INT8), or a hub-ready folder with a model card."""
     from digitlab.export.hub import export_hub
@@ -614,7 +619,7 @@ def export(
         folder = export_hub(run, out_path, opset=opset, log=_log)
         out.print(f"written: {folder}/ ({', '.join(sorted(p.name for p in folder.iterdir()))})")
         return
-    r = export_onnx(run, out_path, opset=opset, quantize=quantize, log=_log)
+    r = export_onnx(run, out_path, opset=opset, quantize=quantize, log=_log, force=force)
     p = r["parity"]
     out.print(f"written: {r['onnx']} ({r['size_bytes'] / 1e6:.2f} MB, opset {r['opset']}, {r['exporter']} exporter)")
     out.print(f"parity with torch: max |logit difference| {p['max_abs_diff']:.2e} on {p['n']:,} {p['inputs']} "

@@ -24,7 +24,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from digitlab import __version__
-from digitlab.core.rundir import RunDir
+from digitlab.core.rundir import RunDir, check_output
 from digitlab.export.errors import ExportError
 from digitlab.export.onnx import DEFAULT_OPSET, EXPORT_DIR, export_onnx, exports_detector, load_torch_predictor
 from digitlab.inference.formats import (
@@ -81,6 +81,8 @@ def export_hub(run: str | os.PathLike[str], out: str | os.PathLike[str] | None =
     rundir = RunDir.open(run)
     predictor = load_torch_predictor(rundir.path)
     target = Path(out) if out is not None else default_hub_path(rundir.path)
+    if out is not None:  # never one of a run's own folders; an existing hub folder is replaced (below)
+        check_output(target, force=True)
     if target.exists() and not (target.is_dir() and (is_hub_folder(target) or not any(target.iterdir()))):
         raise ExportError(f"{target}: exists and is not a digitlab hub folder; choose another --out")
     target.parent.mkdir(parents=True, exist_ok=True)

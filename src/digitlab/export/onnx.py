@@ -44,7 +44,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from digitlab import __version__
 from digitlab.core.config import ConfigError, RunConfig, read_run_config
 from digitlab.core.fileio import atomic_path, atomic_write_text
-from digitlab.core.rundir import RunDir
+from digitlab.core.rundir import RunDir, check_output
 from digitlab.data.errors import DataError
 from digitlab.data.loading import Dataset, load_dataset
 from digitlab.data.splits import split_train_val
@@ -91,7 +91,8 @@ def int8_path(onnx_path: str | os.PathLike[str]) -> Path:
 
 
 def export_onnx(run: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *, opset: int = DEFAULT_OPSET,
-                quantize: str | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                quantize: str | None = None, log: Callable[[str], None] | None = None,
+                force: bool = False) -> dict[str, Any]:
     """Export a torch run to ONNX, check it, and optionally quantize it to INT8.
 
     Args:
@@ -102,6 +103,8 @@ def export_onnx(run: str | os.PathLike[str], out: str | os.PathLike[str] | None 
         opset: ONNX opset, 17 or newer.
         quantize: ``"int8"`` for static QDQ quantization calibrated on training images.
         log: a callable taking one progress line, or None.
+        force: let an ``out`` file (and its INT8 file) replace existing ones; never one of a run's own files
+            (``core.rundir.check_output``). The default files in ``RUN/export/`` are this command's own: refreshed.
 
     Returns:
         ``{"run", "onnx", "size_bytes", "opset", "exporter", "parity": {"max_abs_diff", "n", "inputs",
@@ -110,7 +113,8 @@ def export_onnx(run: str | os.PathLike[str], out: str | os.PathLike[str] | None 
 
     Raises:
         ExportError: a classical run, an opset below 17, a graph that fails the checks or parity, INT8
-            without the training data. RunDirError, PredictorError: not a loadable run.
+            without the training data. RunDirError, PredictorError: not a loadable run. OutputError: ``out``
+            exists (without ``force``) or is inside a run directory outside ``RUN/export/`` and ``RUN/eval/``.
     """
     say = log or (lambda _msg: None)
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
@@ -123,6 +127,10 @@ def export_onnx(run: str | os.PathLike[str], out: str | os.PathLike[str] | None 
     target = Path(out) if out is not None else default_onnx_path(rundir.path)
     if target.is_dir():  # --out FOLDER means FOLDER/model.onnx
         target = target / HUB_ONNX
+    replace = force or out is None
+    if out is not None:  # before any work
+        for path in (target, int8_path(target)) if quantize is not None else (target,):
+            check_output(path, force=force)
     # INT8 cannot be calibrated without training images, so only then is a download worth it.
     data = _load_data(predictor, cfg, download=quantize is not None, say=say)
     if data is None and quantize is not None:
@@ -146,7 +154,7 @@ def export_onnx(run: str | os.PathLike[str], out: str | os.PathLike[str] | None 
         h, w = predictor.spec.input_size
         images = np.random.default_rng(0).integers(0, 256, (PARITY_SAMPLES, h, w), dtype=np.uint8)
         inputs = "random images"
-    with atomic_path(target) as tmp:
+    with atomic_path(target, overwrite=replace) as tmp:
         onnx.save_model(proto, str(tmp))
         # Checked on the temp file: a file that fails parity is never renamed into place.
         parity = check_parity(tmp, predictor, images, inputs=inputs)
@@ -169,7 +177,7 @@ def export_onnx(run: str | os.PathLike[str], out: str | os.PathLike[str] | None 
     }
     if quantize == "int8":
         assert data is not None  # checked above, before the export
-        result["int8"] = quantize_int8(target, int8_path(target), predictor, data, cfg, say=say)
+        result["int8"] = quantize_int8(target, int8_path(target), predictor, data, cfg, say=say, overwrite=replace)
     if out is None:
         atomic_write_text(rundir.path / EXPORT_DIR / RECORD, json.dumps(result, indent=2) + "\n")
     return result
@@ -267,7 +275,7 @@ def onnx_outputs(sess: ort.InferenceSession, images: np.ndarray, predictor: Pred
 
 
 def quantize_int8(fp32_path: Path, target: Path, predictor: Predictor, data: Dataset, cfg: RunConfig, *,
-                  say: Callable[[str], None]) -> dict[str, Any]:
+                  say: Callable[[str], None], overwrite: bool = True) -> dict[str, Any]:
     """Static QDQ INT8 quantization of ``fp32_path`` into ``target``, then fp32 vs INT8 on the test split.
 
     The activation ranges come from ``CALIBRATION_SAMPLES`` images of the run's training split (never
@@ -312,7 +320,7 @@ def quantize_int8(fp32_path: Path, target: Path, predictor: Predictor, data: Dat
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as e:
         raise ExportError(f"{predictor.name}: the INT8 graph fails onnx.checker: {_first_line(e)}") from None
-    with atomic_path(target) as tmp:
+    with atomic_path(target, overwrite=overwrite) as tmp:
         onnx.save_model(proto, str(tmp))
         int8 = session(tmp)
     say(f"INT8: measuring fp32 and INT8 on the {len(data.test_labels):,} test images")
