@@ -191,9 +191,8 @@ def test_distributed_refusals_are_one_line(tmp_path: Path, monkeypatch: pytest.M
 def test_sync_batchnorm_is_refused_on_cpu_in_one_line() -> None:
     from digitlab.core.config import ConfigError
     from digitlab.training.distributed import Dist
-    from digitlab.training.trainer import _train_torch
+    from digitlab.training.trainer import _setup_torch
 
     cfg = config_from_recipe("default", ["train.sync_batchnorm=true"])
-    with pytest.raises(ConfigError, match="sync_batchnorm needs CUDA"):  # before any collective or data
-        _train_torch(cfg, None, None, None, None, torch.nn.BatchNorm2d(4), Dist(0, 2, 0), torch.device("cpu"),
-                     resume=False, show_progress=False, log=None, callbacks=(), evaluate_test=False)
+    with pytest.raises(ConfigError, match="sync_batchnorm needs CUDA"):  # before any collective or run directory
+        _setup_torch(cfg, None, None, torch.nn.BatchNorm2d(4), Dist(0, 2, 0), torch.device("cpu"))

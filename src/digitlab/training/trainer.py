@@ -18,14 +18,20 @@ rank 0 alone writes the run directory and shows progress. A checkpoint holds no 
 state, so a run written by N ranks resumes with M.
 """
 
+import contextlib
+import errno
+import io
 import math
 import os
 import platform
 import random
 import re
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,9 +82,39 @@ class TrainResult:
 
 
 class TrainingInterrupted(DigitlabError):
-    """Ctrl-C during training: the last epoch's checkpoint is intact and the run can resume."""
+    """Ctrl-C (or SIGTERM: exit code 143) during training: the last epoch's checkpoint is intact and the run
+    can resume."""
 
     exit_code = 130
+
+
+class CheckpointWriteError(RunDirError):
+    """An epoch's metrics or checkpoint cannot be written (a full or read-only disk); the previous one is intact."""
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM during training, handled as Ctrl-C is."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While training runs, SIGTERM raises ``_Terminated`` (a KeyboardInterrupt), so that it ends as Ctrl-C does:
+    the last checkpoint kept, the ``--resume`` command printed. The previous handler is restored after, and a
+    second SIGTERM meets it. Only the main thread can own signals; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def terminate(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, previous)
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -174,9 +210,32 @@ def _environment(device: torch.device) -> dict[str, Any]:
 
 
 def _save_checkpoint(run: RunDir, state: dict[str, Any]) -> None:
+    # Serialised in memory, then written by Python: a full disk is an OSError with its errno, not torch's
+    # RuntimeError ("unexpected pos", "file write failed") that names no cause.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     run.checkpoint_dir.mkdir(exist_ok=True)
     with atomic_path(run.checkpoint_dir / CHECKPOINT_FILE) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getbuffer())
+
+
+def _save_epoch(run: RunDir, row: dict[str, Any], state: dict[str, Any]) -> None:
+    """Append the epoch's metrics and write its checkpoint; a failed write is one line saying what is kept.
+
+    Raises:
+        CheckpointWriteError: a write failed (the previous checkpoint is intact: every write is atomic).
+    """
+    try:
+        run.append_metrics(row)
+        _save_checkpoint(run, state)
+    except OSError as e:
+        epoch, last = state["epoch"], state["epoch"] - 1
+        cause = "no space left" if e.errno == errno.ENOSPC else (e.strerror or str(e)).lower()
+        where = Path(e.filename).parent if e.filename else run.path
+        fix = "free space" if e.errno == errno.ENOSPC else "make it writable"
+        kept = (f"the last checkpoint (epoch {last}) is intact; {fix} and continue with digitlab train --resume "
+                f"{run.path}") if last else f"no checkpoint was written yet; {fix} and train again"
+        raise CheckpointWriteError(f"{cause} on {where}: epoch {epoch}'s checkpoint was not written; {kept}") from None
 
 
 def _load_checkpoint(run: RunDir) -> dict[str, Any]:
@@ -212,8 +271,14 @@ def train_run(
         callbacks: ``fn(EpochEnd)`` after each epoch's checkpoint is written.
         evaluate_test: measure the test split once at the end; False leaves it unread (tuning).
 
+    Everything that can fail on the config (data, split, model, batches, optimizer, schedule) runs before a new
+    run directory is created; while it trains, the run is locked (``RunDir.locked``); SIGTERM ends it as
+    Ctrl-C does.
+
     Raises:
-        DigitlabError: bad config, missing data, or an unusable run directory.
+        DigitlabError: bad config, missing data, or an unusable run directory. RunLockedError: another process
+            trains in ``run``. TrainingInterrupted: Ctrl-C or SIGTERM (the run can resume).
+            CheckpointWriteError: a full or read-only disk.
     """
     entry = get_entry(cfg.model.name)
     d = env_dist()
@@ -226,31 +291,39 @@ def train_run(
     device = d.device(resolve_device(cfg.train.device)) if entry.kind != "classical" else torch.device("cpu")
     d = init_distributed(device, cfg.train.dist_timeout)
     try:
-        if not d.is_main:
-            log = None
-        ds = load_dataset(cfg.data.dataset, cfg.data.data_dir)
-        split = prepare_split(cfg, ds)
-        spec = compute_preprocess_spec(split.train_images, dataset=ds.spec.name)
-        model = create_model(cfg.model.name, **_model_kwargs(cfg, ds))
-        if run is None:
-            tag = cfg.recipe if cfg.recipe != cfg.model.name else ""
-            run = RunDir.create(out_root, model=cfg.model.name, tag=tag) if d.is_main else None
-            run = RunDir(d.broadcast(str(run.path) if run is not None else None))
-        if log:
-            log(f"run directory: {run.path}" + (f" ({d.world_size} processes)" if d.enabled else ""))
-        if not resume and d.is_main:
-            run.write_text(RunDir.CONFIG, dump_config(cfg))
-        if entry.kind == "classical":
-            return _train_classical(cfg, run, ds, split, spec, model, log, evaluate_test)
-        return _train_torch(cfg, run, ds, split, spec, model, d, device, resume=resume,
-                            show_progress=show_progress and d.is_main, log=log, callbacks=callbacks,
-                            evaluate_test=evaluate_test)
-    except KeyboardInterrupt:
-        if run is None:
-            raise
-        done = len(run.read_metrics())
-        raise TrainingInterrupted(f"interrupted after {done} finished epoch(s): continue with "
-                                  f"digitlab train --resume {run.path}") from None
+        with _sigterm_as_interrupt():
+            if not d.is_main:
+                log = None
+            ds = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+            split = prepare_split(cfg, ds)
+            spec = compute_preprocess_spec(split.train_images, dataset=ds.spec.name)
+            model = create_model(cfg.model.name, **_model_kwargs(cfg, ds))
+            setup = _setup_torch(cfg, split, spec, model, d, device) if entry.kind != "classical" else None
+            if run is None:  # only now: a config that fails above leaves no run directory behind
+                tag = cfg.recipe if cfg.recipe != cfg.model.name else ""
+                run = RunDir.create(out_root, model=cfg.model.name, tag=tag) if d.is_main else None
+                run = RunDir(d.broadcast(str(run.path) if run is not None else None))
+            with run.locked() if d.is_main else contextlib.nullcontext():
+                if log:
+                    log(f"run directory: {run.path}" + (f" ({d.world_size} processes)" if d.enabled else ""))
+                if not resume and d.is_main:
+                    run.write_text(RunDir.CONFIG, dump_config(cfg))
+                if setup is None:
+                    return _train_classical(cfg, run, ds, split, spec, model, log, evaluate_test)
+                return _train_torch(cfg, run, ds, split, spec, setup, d, device, resume=resume,
+                                    show_progress=show_progress and d.is_main, log=log, callbacks=callbacks,
+                                    evaluate_test=evaluate_test)
+    except KeyboardInterrupt as e:  # one line (typer would turn it into a silent exit 130)
+        what = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
+        if run is None or not RunDir.is_run(run.path):
+            stop = TrainingInterrupted(f"{what} while loading the data and building the model, before any run "
+                                       "directory was written")
+        else:
+            stop = TrainingInterrupted(f"{what} after {len(run.read_metrics())} finished epoch(s): continue with "
+                                       f"digitlab train --resume {run.path}")
+        if isinstance(e, _Terminated):
+            stop.exit_code = 128 + signal.SIGTERM
+        raise stop from None
     except RuntimeError as e:
         if not (d.enabled and _lost_peer(e)):
             raise
@@ -320,10 +393,24 @@ def _validate(model: nn.Module, split: Split, spec: PreprocessSpec, d: Dist, dev
     return 1 - errors / n, loss_sum / n
 
 
-def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: PreprocessSpec, model: nn.Module,
-                 d: Dist, device: torch.device, *, resume: bool, show_progress: bool,
-                 log: Callable[[str], None] | None, callbacks: Sequence[EpochCallback],
-                 evaluate_test: bool) -> TrainResult:
+@dataclass
+class _TorchSetup:
+    """What a network trains with, built before the run directory exists (each part can fail on the config)."""
+
+    model: nn.Module
+    net: nn.Module  # the model, or its DistributedDataParallel wrapper
+    amp: torch.dtype | None
+    loader: BatchLoader
+    outliers: torch.Tensor | None
+    n_out: int
+    opt: torch.optim.Optimizer
+    sched: Any
+    ema: AveragedModel | None
+    n_params: int
+
+
+def _setup_torch(cfg: RunConfig, split: Split, spec: PreprocessSpec, model: nn.Module, d: Dist,
+                 device: torch.device) -> _TorchSetup:
     t = cfg.train
     amp = autocast_dtype(t.precision, device)
     if t.sync_batchnorm and d.enabled:
@@ -347,8 +434,17 @@ def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: P
     opt = build_optimizer(cfg.optim, model.parameters())
     sched = build_scheduler(opt, cfg.schedule, steps_per_epoch=len(loader), n_epochs=t.epochs)
     ema = AveragedModel(model, multi_avg_fn=ema_update(t.ema_decay), use_buffers=True) if t.ema_decay else None
-    n_params = count_parameters(model)
+    return _TorchSetup(model, net, amp, loader, outliers, n_out, opt, sched, ema, count_parameters(model))
 
+
+def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: PreprocessSpec, setup: _TorchSetup,
+                 d: Dist, device: torch.device, *, resume: bool, show_progress: bool,
+                 log: Callable[[str], None] | None, callbacks: Sequence[EpochCallback],
+                 evaluate_test: bool) -> TrainResult:
+    t = cfg.train
+    model, net, amp, loader, outliers, n_out = setup.model, setup.net, setup.amp, setup.loader, setup.outliers, \
+        setup.n_out
+    opt, sched, ema, n_params = setup.opt, setup.sched, setup.ema, setup.n_params
     start_epoch, best_acc, best_epoch, stale, elapsed = 0, -1.0, 0, 0, 0.0
     best_state: dict[str, torch.Tensor] | None = None
     if resume:
@@ -439,12 +535,11 @@ def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: P
         }
         if not d.is_main:  # the other ranks write nothing
             continue
-        run.append_metrics(row)
         if writer is not None:
             for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s"):
                 writer.add_scalar(key, row[key], epoch + 1)
             writer.flush()
-        _save_checkpoint(run, {
+        _save_epoch(run, row, {
             "epoch": epoch + 1,
             "model": model.state_dict(),
             "optimizer": opt.state_dict(),
