@@ -61,7 +61,7 @@ with RunDir(sys.argv[1]).locked():
 
 
 @needs_mnist
-def test_a_second_resume_of_a_run_in_training_is_refused(tmp_path: Path) -> None:
+def test_a_second_resume_of_a_run_in_training_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = config_from_recipe("fast", [*TINY, "train.epochs=2"])
 
     def stop(end: EpochEnd) -> None:
@@ -74,9 +74,11 @@ def test_a_second_resume_of_a_run_in_training_is_refused(tmp_path: Path) -> None
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-        with pytest.raises(RunLockedError, match=rf"another process is training in this run \(pid {holder.pid}\)"):
-            resume_run(run, show_progress=False)
-        result = runner.invoke(app, ["train", "--resume", str(run), "--quiet", "--no-calibrate"])
+        with monkeypatch.context() as m:  # refused at once, before the data is loaded
+            m.setattr(trainer, "load_dataset", lambda *a, **k: pytest.fail("loaded the data of a locked run"))
+            with pytest.raises(RunLockedError, match=rf"another process is training in this run \(pid {holder.pid}\)"):
+                resume_run(run, show_progress=False)
+            result = runner.invoke(app, ["train", "--resume", str(run), "--quiet", "--no-calibrate"])
         assert result.exit_code == 2 and result.stderr.count("\n") == 1 and f"pid {holder.pid}" in result.stderr
     finally:
         holder.kill()

@@ -291,9 +291,11 @@ def train_run(
     device = d.device(resolve_device(cfg.train.device)) if entry.kind != "classical" else torch.device("cpu")
     d = init_distributed(device, cfg.train.dist_timeout)
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), contextlib.ExitStack() as held:
             if not d.is_main:
                 log = None
+            if run is not None and d.is_main:  # a second process resuming this run stops before loading anything
+                held.enter_context(run.locked())
             ds = load_dataset(cfg.data.dataset, cfg.data.data_dir)
             split = prepare_split(cfg, ds)
             spec = compute_preprocess_spec(split.train_images, dataset=ds.spec.name)
@@ -302,17 +304,18 @@ def train_run(
             if run is None:  # only now: a config that fails above leaves no run directory behind
                 tag = cfg.recipe if cfg.recipe != cfg.model.name else ""
                 run = RunDir.create(out_root, model=cfg.model.name, tag=tag) if d.is_main else None
+                if run is not None:
+                    held.enter_context(run.locked())
                 run = RunDir(d.broadcast(str(run.path) if run is not None else None))
-            with run.locked() if d.is_main else contextlib.nullcontext():
-                if log:
-                    log(f"run directory: {run.path}" + (f" ({d.world_size} processes)" if d.enabled else ""))
-                if not resume and d.is_main:
-                    run.write_text(RunDir.CONFIG, dump_config(cfg))
-                if setup is None:
-                    return _train_classical(cfg, run, ds, split, spec, model, log, evaluate_test)
-                return _train_torch(cfg, run, ds, split, spec, setup, d, device, resume=resume,
-                                    show_progress=show_progress and d.is_main, log=log, callbacks=callbacks,
-                                    evaluate_test=evaluate_test)
+            if log:
+                log(f"run directory: {run.path}" + (f" ({d.world_size} processes)" if d.enabled else ""))
+            if not resume and d.is_main:
+                run.write_text(RunDir.CONFIG, dump_config(cfg))
+            if setup is None:
+                return _train_classical(cfg, run, ds, split, spec, model, log, evaluate_test)
+            return _train_torch(cfg, run, ds, split, spec, setup, d, device, resume=resume,
+                                show_progress=show_progress and d.is_main, log=log, callbacks=callbacks,
+                                evaluate_test=evaluate_test)
     except KeyboardInterrupt as e:  # one line (typer would turn it into a silent exit 130)
         what = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
         if run is None or not RunDir.is_run(run.path):
