@@ -30,6 +30,7 @@ from digitlab.inference.rejection import REASON_UNSURE
 from digitlab.inference.strings import compose_line
 from digitlab.serve import ServeSettings, create_app, get_predictor
 from digitlab.serve import app as serve_module
+from digitlab.serve.batching import ImageJob, MicroBatcher
 from digitlab.training import config_from_recipe, train_run
 
 pytestmark = pytest.mark.mnist
@@ -428,6 +429,71 @@ def test_concurrent_single_images_share_model_calls_and_a_bad_one_fails_alone(se
         assert r.json()["label"] == label
     error_of(responses[9], 422, "image")
     assert sum(rec.batches) == 9 and rec.batches[0] == 1 and max(rec.batches) > 1, rec.batches
+
+
+class Faulty(Recording):
+    """The recording predictor whose preparation of one payload fails with an unforeseen error, and
+    whose model call fails for any batch holding one marked image."""
+
+    def prepare(self, source, **kwargs):
+        if source == b"crash-in-prepare":
+            raise IndexError("index -1 is out of bounds for axis 0 with size 0")
+        return self.inner.prepare(source, **kwargs)
+
+    def predict_prepared(self, prepared, **kwargs):
+        if any(p.image is not None and p.image[0, 0] == 1 for p in prepared):
+            raise ValueError("the model choked on one image")
+        return super().predict_prepared(prepared, **kwargs)
+
+
+def test_a_thin_image_or_any_failing_job_fails_alone_among_concurrent_good_ones(served) -> None:
+    import httpx
+
+    app = create_app(ServeSettings(), predictor=served.app.state.predictor)
+    rec = Faulty(app.state.predictor, delay=0.3)
+    app.dependency_overrides[get_predictor] = lambda: rec
+    thin = [png(np.full(shape, 255, np.uint8)) for shape in ((2, 700), (5000, 1), (10, 3300))]
+
+    def post(c, data: bytes):
+        return c.post("/v1/predict", files={"file": ("a.png", data, "image/png")})
+
+    async def go() -> list:  # (the 500 is re-raised to the transport after it is sent: not here)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            first = asyncio.create_task(post(c, served.pngs[0]))
+            await asyncio.sleep(0.1)  # the others queue behind the first and share the next model calls
+            good = [post(c, data) for data in served.pngs[1:9]]
+            bad = [post(c, t) for t in thin] + [post(c, b"crash-in-prepare")]
+            return [await first, *await asyncio.gather(*good, *bad)]
+
+    responses = asyncio.run(go())
+    for r, label in zip(responses[:9], served.y[:9], strict=True):
+        assert r.status_code == 200, r.text
+        assert r.json()["label"] == label
+    for r in responses[9:12]:
+        error_of(r, 422, "too thin to hold a digit")
+    assert responses[12].status_code == 500, responses[12].text  # that one alone, in the usual one line
+    assert responses[12].json() == {"error": "internal error (logged on the server)"}
+    assert max(rec.batches) > 1, rec.batches
+
+    # a model call that fails on one image of a batch is retried one by one: the others are answered
+    prepared = [rec.inner.prepare(d) for d in served.pngs[:3]]
+    marked = rec.inner.prepare(served.pngs[3])
+    marked.image[0, 0] = 1
+    jobs = [ImageJob(d, 3, None, "auto") for d in served.pngs[:4]]
+    for job, p in zip(jobs, [*prepared, marked], strict=True):
+        job.data = p  # type: ignore[assignment] - prepared already: prepare below hands it back
+    batcher = MicroBatcher(rec, max_batch=8)
+    rec.prepare = lambda source, **kw: source  # type: ignore[method-assign]
+    outcomes = batcher._work(jobs)
+    assert [o.label for o in outcomes[:3]] == served.y[:3], outcomes  # type: ignore[union-attr]
+    assert isinstance(outcomes[3], ValueError)
+
+    # the real endpoints answer a thin image in one line too (a line of digits: none found, not a 500)
+    with TestClient(create_app(ServeSettings(), predictor=served.app.state.predictor)) as c:
+        error_of(c.post("/v1/predict/batch", files=[("files", ("t.png", thin[0], "image/png"))]), 422, "too thin")
+        r = c.post("/v1/read", files={"file": ("t.png", thin[1], "image/png")})
+        assert r.status_code in (200, 422), r.text
 
 
 def test_a_slow_model_times_out_with_504_for_images_too(served) -> None:

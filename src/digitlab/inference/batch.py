@@ -74,6 +74,9 @@ def predict_files(predictor: Predictor, files: list[Path], *, top_k: int = 3, mi
                 readable.append((i, predictor.prepare(f, polarity=polarity, deskew=deskew)))
             except ImageError as e:
                 failures[i] = FileFailure(str(f), str(e))
+            except Exception as e:  # an unforeseen fault in one file is that file's failure row
+                reason = " ".join(str(e).split()) or "no message"
+                failures[i] = FileFailure(str(f), f"{f}: could not be prepared ({type(e).__name__}: {reason})")
         preds = predictor.predict_prepared([p for _, p in readable], names=[str(chunk[i]) for i, _ in readable],
                                            top_k=top_k, min_confidence=min_confidence)
         by_index = {i: pred for (i, _), pred in zip(readable, preds, strict=True)}

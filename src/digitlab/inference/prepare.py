@@ -229,11 +229,16 @@ def _array_gray(a: np.ndarray) -> np.ndarray:
 def reduce_large(gray: np.ndarray, longest: int = WORK_SIDE) -> tuple[np.ndarray, int]:
     """Average ``f x f`` blocks so the longest side is at most ``longest``; returns the image and ``f``.
 
-    The fitted digit is 20 px (80 px while fitting): a larger working image only costs time.
+    The fitted digit is 20 px (80 px while fitting): a larger working image only costs time. A side
+    shorter than ``f`` (a thin strip, 2 x 700) is averaged whole into one row or column, so the result
+    is never empty.
     """
     f = -(-max(gray.shape) // longest)
     if f <= 1:
         return gray, 1
+    for axis in (0, 1):
+        if gray.shape[axis] < f:  # (its mean, repeated: the block's average is the whole side's)
+            gray = np.repeat(gray.mean(axis=axis, keepdims=True, dtype=np.float32), f, axis=axis)
     h, w = (gray.shape[0] // f) * f, (gray.shape[1] // f) * f
     return gray[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3), dtype=np.float32), f
 
@@ -552,7 +557,12 @@ def prepare_image(source: str | os.PathLike[str] | bytes | Image.Image | np.ndar
     Raises:
         ImageError: the source is not a readable image.
     """
-    gray, factor = reduce_large(load_gray(source))
+    source_gray = load_gray(source)
+    sh, sw = source_gray.shape
+    if min(sh, sw) < -(-max(sh, sw) // WORK_SIDE):  # under one pixel thick at the working size
+        raise ImageError(f"a {sw} x {sh} px image is too thin to hold a digit (the short side must be at least "
+                         f"1/{WORK_SIDE} of the long side)")
+    gray, factor = reduce_large(source_gray)
     ink = ink_map(gray, polarity)
     if not ink.found:
         return Prepared(None, False, ink.inverted, notes=ink.notes)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from starlette.concurrency import run_in_threadpool
 
-from digitlab.inference import ImageError, ImagePrediction, Predictor, Prepared
+from digitlab.inference import ImagePrediction, Predictor, Prepared
 from digitlab.inference.prepare import Polarity
 
 
@@ -74,7 +74,7 @@ class MicroBatcher:
                 continue
             try:
                 outcomes = await run_in_threadpool(self._work, jobs)
-            except Exception as e:  # the model failed: every waiting request hears of it
+            except Exception as e:  # _work fails jobs alone: this is the last resort
                 outcomes = [e] * len(jobs)
             for job, outcome in zip(jobs, outcomes, strict=True):
                 if job.future.done():
@@ -85,19 +85,35 @@ class MicroBatcher:
                     job.future.set_result(outcome)
 
     def _work(self, jobs: list[ImageJob]) -> list[ImagePrediction | BaseException]:
-        """Prepare each image (a bad one fails alone), then one model call per distinct option set."""
+        """Prepare each image, then one model call per distinct option set; a failure of any kind fails
+        its own job alone (a model call that fails is retried image by image, so one bad input in a
+        batch does not fail the others)."""
         outcomes: list[ImagePrediction | BaseException | None] = [None] * len(jobs)
         groups: dict[tuple[int, float | None], list[tuple[int, Prepared]]] = defaultdict(list)
         for i, job in enumerate(jobs):
             try:
                 prepared = self.predictor.prepare(job.data, polarity=job.polarity)
-            except ImageError as e:
+            except Exception as e:  # whatever it is, it is this job's answer
                 outcomes[i] = e
                 continue
             groups[(job.top_k, job.min_confidence)].append((i, prepared))
         for (top_k, min_confidence), members in groups.items():
-            preds = self.predictor.predict_prepared([p for _, p in members], names=["image"] * len(members),
-                                                    top_k=top_k, min_confidence=min_confidence)
+            try:
+                preds = self._predict([p for _, p in members], top_k, min_confidence)
+            except Exception as e:  # the batch failed: retry its images one by one
+                if len(members) == 1:
+                    outcomes[members[0][0]] = e
+                    continue
+                for i, prepared in members:  # one by one: only the job that fails hears of it
+                    try:
+                        outcomes[i] = self._predict([prepared], top_k, min_confidence)[0]
+                    except Exception as one:
+                        outcomes[i] = one
+                continue
             for (i, _), pred in zip(members, preds, strict=True):
                 outcomes[i] = pred
         return [o if o is not None else RuntimeError("no outcome") for o in outcomes]
+
+    def _predict(self, prepared: list[Prepared], top_k: int, min_confidence: float | None) -> list[ImagePrediction]:
+        return self.predictor.predict_prepared(prepared, names=["image"] * len(prepared), top_k=top_k,
+                                               min_confidence=min_confidence)
