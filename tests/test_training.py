@@ -55,6 +55,40 @@ def test_bad_keys_are_one_line_errors() -> None:
         assert "\n" not in str(e.value)
 
 
+NONSENSE = [("train.epochs=-1", "train.epochs", "greater than or equal to 1"),
+            ("train.epochs=0", "train.epochs", "greater than or equal to 1"),
+            ("data.train_subset=-5", "data.train_subset", "greater than or equal to 1"),
+            ("train.batch_size=0", "train.batch_size", "greater than or equal to 1"),
+            ("train.eval_batch_size=0", "train.eval_batch_size", "greater than or equal to 1"),
+            ("data.n_val=-1", "data.n_val", "greater than or equal to 0"),
+            ("optim.lr=.nan", "optim.lr", "finite"),
+            ("optim.lr=.inf", "optim.lr", "finite"),
+            ("optim.lr=0", "optim.lr", "greater than 0"),
+            ("optim.betas=[0.9, 1.5]", "optim.betas.1", "less than 1"),
+            ("augment.p=2", "augment.p", "less than or equal to 1"),
+            ("train.label_smoothing=-0.1", "train.label_smoothing", "greater than or equal to 0")]
+
+
+@pytest.mark.parametrize("expr, key, why", NONSENSE)
+def test_nonsense_values_are_one_line_errors(expr: str, key: str, why: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        resolve_config({}, [expr])
+    assert str(e.value).startswith(f"bad config: {key}: ") and why in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("expr", ["train.epochs=-1", "data.train_subset=-5", "train.batch_size=0", "optim.lr=.nan"])
+def test_train_refuses_nonsense_before_loading_data(expr: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # no data where the run would look: an error from loading would name the data, not the key
+    monkeypatch.setenv("DIGITLAB_DATA_DIR", str(tmp_path / "no-data"))
+    result = CliRunner().invoke(app, ["train", "--set", expr, "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"digitlab: error: bad config: {expr.partition('=')[0]}: "), \
+        result.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 def test_a_misspelt_key_names_the_nearest_one() -> None:
     with pytest.raises(ConfigError, match=r"^bad config: train\.epoch: Extra inputs are not permitted \(did you "
                                           r"mean train\.epochs\?\)$"):

@@ -13,7 +13,7 @@ rebuild the network. Unknown keys are errors everywhere (``extra="forbid"``).
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -27,7 +27,9 @@ class ConfigError(DigitlabError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: every float in a config is finite (``optim.lr=.nan`` is refused here, not
+    # found as a NaN loss an epoch later)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelSection(_Strict):
@@ -38,42 +40,42 @@ class ModelSection(_Strict):
 class DataSection(_Strict):
     dataset: str = "mnist"
     data_dir: str | None = None
-    n_val: int = 5000
+    n_val: int = Field(5000, ge=0)
     split_seed: int = 0
-    train_subset: int | None = Field(None, description="use only the first N training images (quick runs)")
+    train_subset: int | None = Field(None, ge=1, description="use only the first N training images (quick runs)")
 
 
 class OptimSection(_Strict):
     name: Literal["sgd", "adam", "adamw", "adadelta"] = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.0
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.0, ge=0)
     nesterov: bool = False
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
 
 
 class ScheduleSection(_Strict):
     name: Literal["none", "onecycle", "cosine", "step"] = "none"
-    warmup_epochs: float = 0.0
-    step_size: int = 1
-    gamma: float = 0.7
-    pct_start: float = 0.25
-    final_lr_ratio: float = 0.0
+    warmup_epochs: float = Field(0.0, ge=0)
+    step_size: int = Field(1, ge=1)
+    gamma: float = Field(0.7, gt=0)
+    pct_start: float = Field(0.25, gt=0, lt=1)
+    final_lr_ratio: float = Field(0.0, ge=0)
 
 
 class AugmentSection(_Strict):
-    rotation: float = Field(0.0, description="degrees, +-")
-    translate: float = Field(0.0, description="fraction of the side, +-")
+    rotation: float = Field(0.0, ge=0, description="degrees, +-")
+    translate: float = Field(0.0, ge=0, description="fraction of the side, +-")
     scale: tuple[float, float] = (1.0, 1.0)
-    shear: float = Field(0.0, description="degrees, +-")
-    elastic_alpha: float = Field(0.0, description="0 turns elastic distortion off")
-    elastic_sigma: float = 4.0
-    contrast: float = Field(0.0, description="+- fraction")
-    noise_std: float = Field(0.0, description="in [0, 1] pixel units")
-    erasing: float = Field(0.0, description="probability")
-    stroke: float = Field(0.0, description="probability of a random stroke-width change (thinner or "
+    shear: float = Field(0.0, ge=0, description="degrees, +-")
+    elastic_alpha: float = Field(0.0, ge=0, description="0 turns elastic distortion off")
+    elastic_sigma: float = Field(4.0, gt=0)
+    contrast: float = Field(0.0, ge=0, description="+- fraction")
+    noise_std: float = Field(0.0, ge=0, description="in [0, 1] pixel units")
+    erasing: float = Field(0.0, ge=0, le=1, description="probability")
+    stroke: float = Field(0.0, ge=0, le=1, description="probability of a random stroke-width change (thinner or "
                           "thicker)")
-    p: float = Field(1.0, description="probability of the geometric transform per image")
+    p: float = Field(1.0, ge=0, le=1, description="probability of the geometric transform per image")
 
     @property
     def enabled(self) -> bool:
@@ -82,22 +84,22 @@ class AugmentSection(_Strict):
 
 
 class TrainSection(_Strict):
-    epochs: int = 5
-    batch_size: int = 128
-    eval_batch_size: int = 1000
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None
-    ema_decay: float | None = None
-    early_stopping_patience: int | None = None
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(1000, ge=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0)
+    ema_decay: float | None = Field(None, ge=0, lt=1)
+    early_stopping_patience: int | None = Field(None, ge=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: str = "auto"
-    threads: int | None = None
+    threads: int | None = Field(None, ge=1)
     channels_last: bool = False
-    outlier_exposure: float = Field(0.0, description="weight of the uniform-target loss on synthetic non-digits "
+    outlier_exposure: float = Field(0.0, ge=0, description="weight of the uniform-target loss on synthetic non-digits "
                                     "(0: off)")
-    outlier_fraction: float = Field(0.125, description="non-digits added to each batch, as a share of the batch "
+    outlier_fraction: float = Field(0.125, ge=0, description="non-digits added to each batch, as a share of the batch "
                                     "size")
-    outlier_bank: int = Field(8000, description="how many distinct non-digits are drawn (cached)")
+    outlier_bank: int = Field(8000, ge=1, description="how many distinct non-digits are drawn (cached)")
     sync_batchnorm: bool = Field(False, description="data-parallel runs on CUDA: batch-norm statistics over all "
                                  "ranks' shares")
     dist_timeout: float = Field(300.0, gt=0, description="seconds a rank waits for the others before the job fails")
@@ -221,6 +223,8 @@ def _type_label(t: Any) -> str:
         return "null"
     if t is Any:
         return "any"
+    if origin is Annotated:  # a constrained type: its base type
+        return _type_label(args[0])
     if origin is Literal:
         return "|".join(str(a) for a in args)
     if origin in (Union, types.UnionType):
