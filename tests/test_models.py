@@ -54,6 +54,40 @@ def test_registry_errors_are_one_line() -> None:
         create_model("rnn", cell="transformer")
 
 
+OVERSIZED = [("cnn", {"blocks": [{"filters": -5}]}, "blocks.0.filters: Input should be greater than or equal to 1"),
+             ("cnn", {"blocks": [{"filters": 1e6}]}, "blocks.0.filters: Input should be less than or equal to 65536"),
+             ("cnn", {"dense": [100_000_000]}, "dense.0: Input should be less than or equal to 65536"),
+             ("cnn", {"input_size": [100_000, 100_000]}, "input_size.0: Input should be less than or equal to 1024"),
+             ("cnn", {"dense_dropout": float("nan")}, "dense_dropout: Input should be a finite number"),
+             ("mlp", {"hidden_sizes": [0]}, "hidden_sizes.0: Input should be greater than or equal to 1"),
+             ("mlp", {"dropout": 1.0}, "dropout: Input should be less than 1"),
+             ("rnn", {"hidden_size": -1}, "hidden_size: Input should be greater than or equal to 1"),
+             ("resnet", {"width": 10**9}, "width: Input should be less than or equal to 65536"),
+             ("lenet5", {"n_classes": 0}, "n_classes: Input should be greater than or equal to 1"),
+             ("knn", {"n_neighbors": 0}, "n_neighbors: Input should be greater than or equal to 1"),
+             # each layer within the maxima, the whole far over the budget: refused before allocating
+             ("cnn", {"dense": [65_536, 65_536]}, "4,501,293,450 parameters is over the 50,000,000-parameter budget"),
+             ("mlp", {"hidden_sizes": [60_000] * 3}, "parameter budget")]
+
+
+@pytest.mark.parametrize("name, cfg, why", OVERSIZED)
+def test_nonsense_and_oversized_configs_are_one_line_before_allocating(name: str, cfg: dict, why: str) -> None:
+    with pytest.raises(ModelError) as e:
+        create_model(name, **cfg)
+    assert str(e.value).startswith(f"model {name!r}: ") and why in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_parameter_budget_counts_on_the_meta_device() -> None:
+    from digitlab.models.registry import check_size, make_config
+
+    for name in list_models():
+        if get_entry(name).kind == "torch":
+            config = make_config(name)
+            assert check_size(name, config) == count_parameters(create_model(name))
+    with pytest.raises(ModelError, match=r"^model 'cnn': 421,642 parameters is over the 1,000-parameter budget"):
+        check_size("cnn", make_config("cnn"), budget=1000)
+
+
 @pytest.fixture(scope="module")
 def blobs() -> tuple[np.ndarray, np.ndarray]:
     """Ten separable classes: class k has a bright square at a k-dependent place."""

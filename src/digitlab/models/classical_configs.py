@@ -10,6 +10,8 @@ scikit-learn is slow to import (docs/decisions.md#deferred-imports); keeping it 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
+from pydantic import Field
+
 from digitlab.models.registry import ModelConfig, register_model
 
 if TYPE_CHECKING:
@@ -18,33 +20,33 @@ if TYPE_CHECKING:
 
 class ClassicalConfig(ModelConfig):
     features: Literal["pixels", "pca", "hog"] = "pixels"
-    pca_components: int = 50
+    pca_components: int = Field(50, ge=1, le=4096)
     standardize: bool = False
 
 
 class SVMConfig(ClassicalConfig):
     features: Literal["pixels", "pca", "hog"] = "pca"
-    C: float = 10.0
+    C: float = Field(10.0, gt=0)
     kernel: Literal["rbf", "linear", "poly"] = "rbf"
     gamma: float | Literal["scale", "auto"] = "scale"
 
 
 class KNNConfig(ClassicalConfig):
-    n_neighbors: int = 3
+    n_neighbors: int = Field(3, ge=1, le=1000)
     weights: Literal["uniform", "distance"] = "uniform"
 
 
 class RandomForestConfig(ClassicalConfig):
-    n_estimators: int = 100
-    max_depth: int | None = None
+    n_estimators: int = Field(100, ge=1, le=10_000)
+    max_depth: int | None = Field(None, ge=1)
     n_jobs: int = -1
     random_state: int = 0
 
 
 class LogisticConfig(ClassicalConfig):
     standardize: bool = True
-    C: float = 1.0
-    max_iter: int = 200
+    C: float = Field(1.0, gt=0)
+    max_iter: int = Field(200, ge=1)
 
 
 def _lazy_build(builder: str, summary: str) -> Callable[[ClassicalConfig], "ClassicalModel"]:

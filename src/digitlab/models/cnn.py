@@ -14,29 +14,29 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from digitlab.models.layers import Activation, Init, apply_init, logits_and_features, make_activation
-from digitlab.models.registry import ModelConfig, register_model
+from digitlab.models.registry import Dropout, ModelConfig, Size, register_model
 
 
 class ConvBlock(BaseModel):
     """``convs`` conv layers of ``filters`` channels, then optional pooling and dropout."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    filters: int
-    kernel: int = 3
-    convs: int = 1
+    filters: Size
+    kernel: int = Field(3, ge=1, le=31)
+    convs: int = Field(1, ge=1, le=16)
     padding: Literal["same", "valid"] = "same"
     pool: Literal["max", "avg", "none"] = "max"
     batch_norm: bool = False
-    dropout: float = 0.0
+    dropout: Dropout = 0.0
     pool_first: bool = Field(False, description="pool right after the block's last conv, before norm and "
                              "activation: a quarter of the elementwise work, as speed-run CNNs do")
 
 
 class CNNConfig(ModelConfig):
     blocks: list[ConvBlock] = [ConvBlock(filters=32), ConvBlock(filters=64)]
-    dense: list[int] = [128]
-    dense_dropout: float = 0.0
+    dense: list[Size] = [128]
+    dense_dropout: Dropout = 0.0
     activation: Activation = "relu"
     global_pool: bool = False
     init: Init = "torch"

@@ -8,13 +8,13 @@ import math
 from torch import Tensor, nn
 
 from digitlab.models.layers import Activation, Init, apply_init, make_activation
-from digitlab.models.registry import ModelConfig, register_model
+from digitlab.models.registry import Dropout, ModelConfig, Size, register_model
 
 
 class MLPConfig(ModelConfig):
-    hidden_sizes: list[int] = [256, 128]
+    hidden_sizes: list[Size] = [256, 128]
     activation: Activation = "relu"
-    dropout: float = 0.0
+    dropout: Dropout = 0.0
     batch_norm: bool = False
     init: Init = "torch"
 

@@ -13,14 +13,24 @@ logits; ``classical`` models follow the scikit-learn estimator contract.
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from digitlab.core.config import config_keys
 from digitlab.core.errors import DigitlabError, describe_validation_error
 
 ModelKind = Literal["torch", "classical"]
+
+# Sane maxima, checked before anything is allocated (a typo such as dense=[100000000] is one line, not
+# gigabytes): a layer's width, an input side, and the whole network's trainable parameters.
+MAX_WIDTH = 65_536
+MAX_SIDE = 1024
+MAX_PARAMETERS = 50_000_000
+
+Size = Annotated[int, Field(ge=1, le=MAX_WIDTH)]  # a layer's width: units, filters, channels
+Side = Annotated[int, Field(ge=1, le=MAX_SIDE)]
+Dropout = Annotated[float, Field(ge=0, lt=1)]
 
 
 class ModelError(DigitlabError):
@@ -30,10 +40,10 @@ class ModelError(DigitlabError):
 class ModelConfig(BaseModel):
     """Base of every model's config: unknown keys are errors, so a typo fails fast."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    input_size: tuple[int, int] = (28, 28)
-    n_classes: int = 10
+    input_size: tuple[Side, Side] = (28, 28)
+    n_classes: int = Field(10, ge=1, le=MAX_WIDTH)
 
 
 @dataclass(frozen=True)
@@ -96,12 +106,42 @@ def make_config(name: str, **cfg: Any) -> ModelConfig:
 
 
 def create_model(name: str, **cfg: Any) -> Any:
-    """Build model ``name`` from keyword config (defaults fill the rest).
+    """Build model ``name`` from keyword config (defaults fill the rest), once its size is known to fit
+    ``MAX_PARAMETERS`` (``check_size``).
 
     Raises:
-        ModelError: unknown model, unknown config key or bad value.
+        ModelError: unknown model, unknown config key or bad value, or a network over the parameter budget.
     """
-    return get_entry(name).build(make_config(name, **cfg))
+    config = make_config(name, **cfg)
+    check_size(name, config)
+    return get_entry(name).build(config)
+
+
+def meta_parameters(name: str, config: ModelConfig) -> int:
+    """Trainable parameters of torch model ``name`` built from ``config``, counted on PyTorch's meta device
+    (shapes only: nothing is allocated, whatever the size); 0 for a classical model."""
+    entry = get_entry(name)
+    if entry.kind != "torch":
+        return 0
+    import torch  # the registry itself loads without torch
+
+    with torch.device("meta"):
+        return count_parameters(entry.build(config))
+
+
+def check_size(name: str, config: ModelConfig, budget: int | None = None) -> int:
+    """The parameter count of ``name`` built from ``config`` (``meta_parameters``), if within ``budget``
+    (default ``MAX_PARAMETERS``).
+
+    Raises:
+        ModelError: over the budget, in one line naming the model and both numbers.
+    """
+    budget = MAX_PARAMETERS if budget is None else budget
+    n = meta_parameters(name, config)
+    if n > budget:
+        raise ModelError(f"model {name!r}: {n:,} parameters is over the {budget:,}-parameter budget "
+                         "(smaller layers, or fewer of them)")
+    return n
 
 
 def count_parameters(model: Any) -> int:

@@ -4,16 +4,19 @@ Usage: ``create_model("resnet", width=32, stages=[2, 2, 2])`` (channels double p
 ``logits, features = model.forward_features(x)`` for a non-digit detector.
 """
 
+from typing import Annotated
+
+from pydantic import Field
 from torch import Tensor, nn
 
 from digitlab.models.layers import logits_and_features
-from digitlab.models.registry import ModelConfig, register_model
+from digitlab.models.registry import Dropout, ModelConfig, Size, register_model
 
 
 class ResNetConfig(ModelConfig):
-    width: int = 32
-    stages: list[int] = [2, 2, 2]
-    dropout: float = 0.0
+    width: Size = 32
+    stages: list[Annotated[int, Field(ge=1, le=64)]] = Field([2, 2, 2], min_length=1)
+    dropout: Dropout = 0.0
 
 
 class BasicBlock(nn.Module):

@@ -5,20 +5,21 @@ Usage: ``create_model("rnn", cell="lstm", hidden_size=128, num_layers=2, bidirec
 
 from typing import Literal
 
+from pydantic import Field
 from torch import Tensor, nn
 
 from digitlab.models.layers import Init
-from digitlab.models.registry import ModelConfig, register_model
+from digitlab.models.registry import Dropout, ModelConfig, Size, register_model
 
 _CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
 
 class RNNConfig(ModelConfig):
     cell: Literal["rnn", "gru", "lstm"] = "lstm"
-    hidden_size: int = 128
-    num_layers: int = 1
+    hidden_size: Size = 128
+    num_layers: int = Field(1, ge=1, le=16)
     bidirectional: bool = False
-    dropout: float = 0.0
+    dropout: Dropout = 0.0
     readout: Literal["last", "mean"] = "last"
     # "torch": PyTorch's uniform(+-1/sqrt(hidden)); "keras": Glorot-uniform input weights, orthogonal
     # recurrent weights, zero biases (what Keras' SimpleRNN/LSTM/GRU start from; steadier for plain RNNs).
