@@ -10,6 +10,7 @@ import hashlib
 import http.server
 import io
 import json
+import os
 import shutil
 import socket
 import sys
@@ -523,6 +524,29 @@ def test_another_fetch_in_progress_is_left_alone(tiny, env, mirror):
     _assert_verified(found, tiny)
     assert theirs.read_bytes() == b"another process, half way"
     assert _cache_names(env) == {tiny.fname(r) + ".gz" for r in FILE_ROLES} | {theirs.name}
+
+
+def test_a_killed_fetchs_temp_file_is_cleaned_by_the_next_fetch(tiny, env, mirror):
+    # kill -9 during `data fetch` skips temp_path's cleanup: the half-written temp file stays. The next
+    # fetch removes those not written to for STALE_TEMP_S, and leaves a live fetch's fresh one alone.
+    env.cache_tiny.mkdir(parents=True)
+    dead = env.cache_tiny / f".{tiny.fname('train_images')}.k1ll3d.tmp"
+    dead.write_bytes(b"half a download, its writer killed")
+    old = time.time() - sources.STALE_TEMP_S - 60
+    os.utime(dead, (old, old))
+    live = env.cache_tiny / f".{tiny.fname('test_labels')}.l1v3.tmp"
+    live.write_bytes(b"another process, writing now")
+    unrelated = env.cache_tiny / "notes.tmp"
+    unrelated.write_bytes(b"not ours")
+    os.utime(unrelated, (old, old))
+    found = fetch_dataset(_without_npm(tiny.spec), mirrors=[_serve_all(mirror, tiny, "m")], **FAST)
+    _assert_verified(found, tiny)
+    assert not dead.exists() and live.exists() and unrelated.exists()
+    # with every file already there (no download), the next fetch still cleans
+    os.utime(live, (old, old))
+    fetch_dataset(_without_npm(tiny.spec), download=False)
+    assert not live.exists()
+    assert _cache_names(env) == {tiny.fname(r) + ".gz" for r in FILE_ROLES} | {"notes.tmp"}
 
 
 class _DiskFull(io.RawIOBase):

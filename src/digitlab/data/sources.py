@@ -19,6 +19,7 @@ source can help. When every source fails, the error is one short line (each kind
 distinct reasons, and where to put the files by hand); every attempt in full is on its ``attempts``.
 """
 
+import glob
 import http.client
 import os
 import shutil
@@ -54,6 +55,10 @@ DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_RETRIES = 2
 NPM_TIMEOUT_S = 600.0
 _CHUNK = 1 << 16
+# A fetch's temp file (``.<filename>.<random>.tmp``) last written this long ago belongs to a fetch that
+# died (killed, power cut): a live one writes every chunk, and gives up on a silent source after
+# DEFAULT_TIMEOUT_S. The next fetch removes it.
+STALE_TEMP_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -330,6 +335,31 @@ def _from_npm(
     return found
 
 
+def clean_stale_temps(spec: DatasetSpec, cache: Path, *, older_than: float = STALE_TEMP_S) -> list[Path]:
+    """Remove the temp files of ``spec``'s downloads in ``cache`` not written to for ``older_than`` seconds
+    (what a killed ``data fetch`` leaves behind); a fetch in progress keeps its own. Best effort: a file
+    that cannot be removed is left alone.
+
+    Returns:
+        The files removed.
+    """
+    removed: list[Path] = []
+    now = time.time()
+    for fspec in spec.files.values():
+        try:
+            candidates = list(cache.glob(f".{glob.escape(fspec.filename)}.*.tmp"))
+        except OSError:
+            return removed
+        for tmp in candidates:
+            try:
+                if tmp.is_file() and not tmp.is_symlink() and now - tmp.stat().st_mtime > older_than:
+                    tmp.unlink()
+                    removed.append(tmp)
+            except OSError:
+                continue
+    return removed
+
+
 def fetch_dataset(
     spec: DatasetSpec,
     data_dir: str | os.PathLike[str] | None = None,
@@ -366,6 +396,8 @@ def fetch_dataset(
             the cache cannot be written (naming the path and the system's reason).
     """
     dirs = search_dirs(spec, data_dir)
+    cache = user_cache_dir() / spec.name
+    clean_stale_temps(spec, cache)
     found: dict[str, FoundFile] = {}
     for role in FILE_ROLES:
         hit = _find_local(role, spec.files[role], dirs)
@@ -382,7 +414,6 @@ def fetch_dataset(
         raise DatasetNotFoundError(f"{spec.name}: {names} not found (looked in {looked}); downloads are off: "
                                    f"{_where_to_put(spec)}")
 
-    cache = user_cache_dir() / spec.name
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as e:
