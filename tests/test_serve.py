@@ -607,6 +607,101 @@ def test_fuzz_malformed_requests_never_500(served) -> None:
     assert c.get("/readyz").status_code == 200  # still serving afterwards
 
 
+# ----------------------------------------------------------------------------------------- slow and gone clients
+
+def test_a_client_disconnect_is_one_info_line_without_a_traceback(served, caplog: pytest.LogCaptureFixture) -> None:
+    app = create_app(ServeSettings(), predictor=served.app.state.predictor)
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/predict", "raw_path": b"/v1/predict", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"t"), (b"content-type", b"image/png"), (b"content-length", b"5000")],
+             "client": ("127.0.0.1", 5), "server": ("127.0.0.1", 80)}
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.disconnect"}  # the client went away before sending its body
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    with caplog.at_level("INFO"):
+        asyncio.run(app(scope, receive, send))  # nothing escapes to the server (its "Exception in ASGI application")
+    records = [r for r in caplog.records if r.name.startswith("digitlab")]
+    assert len(records) == 1, [r.getMessage() for r in records]
+    assert records[0].levelname == "INFO" and records[0].exc_info is None
+    assert "disconnected" in records[0].getMessage() and "\n" not in records[0].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= 30], [r.getMessage() for r in caplog.records]
+
+
+@pytest.fixture
+def real_server(served, monkeypatch: pytest.MonkeyPatch):
+    """The app under a real uvicorn on 127.0.0.1 with the protocol and limits `digitlab serve` uses, and
+    half-second head and body deadlines."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from digitlab.serve.protocol import HTTP_PROTOCOL
+
+    monkeypatch.setenv("DIGITLAB_SERVE_HEADER_TIMEOUT_S", "0.5")
+    app = create_app(ServeSettings(body_timeout_s=0.5), predictor=served.app.state.predictor)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=HTTP_PROTOCOL, log_level="warning",
+                                           timeout_keep_alive=1, limit_concurrency=50, lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.02)
+    yield SimpleNamespace(port=port, png=served.pngs[0], label=served.y[0])
+    server.should_exit = True
+    thread.join(10)
+
+
+def _closed_within(sock, seconds: float) -> tuple[bytes, float]:
+    """What the server sends until it closes the connection, and when it closed (the test fails past ``seconds``)."""
+    start = time.monotonic()
+    sock.settimeout(seconds)
+    data = b""
+    try:
+        while chunk := sock.recv(4096):
+            data += chunk
+    except TimeoutError:
+        pytest.fail(f"the connection was still open after {seconds} s (received {data!r})")
+    except OSError:  # reset by the server: closed too
+        pass
+    return data, time.monotonic() - start
+
+
+def test_slow_clients_are_cut_off_at_the_head_and_body_deadlines(real_server) -> None:
+    import socket
+
+    import httpx
+
+    port = real_server.port
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as silent, \
+            socket.create_connection(("127.0.0.1", port), timeout=5) as partial_head, \
+            socket.create_connection(("127.0.0.1", port), timeout=5) as partial_body:
+        partial_head.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: t\r\nContent-Ty")
+        partial_body.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\n"
+                             b"Content-Length: 1000\r\n\r\n" + b"x" * 10)
+        data, took = _closed_within(partial_head, 5)
+        assert data.startswith(b"HTTP/1.1 408"), data
+        data, _ = _closed_within(silent, 5)  # a connection that never sends a byte is timed too
+        assert data == b"" or data.startswith(b"HTTP/1.1 408"), data
+        data, _ = _closed_within(partial_body, 5)
+        assert data.startswith(b"HTTP/1.1 408") and b"did not arrive within 0.5 s" in data, data
+    assert took < 4, took
+    # a client that keeps up is served as before, also on a kept-alive connection after its first request
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+        assert c.get("/healthz").status_code == 200
+        r = c.post("/v1/predict", files={"file": ("a.png", real_server.png, "image/png")})
+        assert r.status_code == 200 and r.json()["label"] == real_server.label, r.text
+
+
 # ----------------------------------------------------------------------------------------- the command
 
 def test_serve_command_runs_uvicorn(served, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -620,6 +715,12 @@ def test_serve_command_runs_uvicorn(served, monkeypatch: pytest.MonkeyPatch) -> 
     assert r.exit_code == 0, r.output
     app, kw = calls[-1]
     assert kw["host"] == "127.0.0.1" and kw["port"] == 8123 and app.state.predictor is not None
+    # slow clients: the head deadline's protocol, the keep-alive timeout and the connection cap
+    assert kw["http"] == "digitlab.serve.protocol:HeadTimeoutProtocol" and kw["timeout_keep_alive"] == 5
+    assert kw["limit_concurrency"] == 1000
+    monkeypatch.setenv("DIGITLAB_SERVE_MAX_CONNECTIONS", "200")
+    assert runner.invoke(cli_app, ["serve", str(served.run)]).exit_code == 0
+    assert calls[-1][1]["limit_concurrency"] == 200
     r = runner.invoke(cli_app, ["serve", str(served.run), "--workers", "2"])
     assert r.exit_code == 0, r.output
     app, kw = calls[-1]

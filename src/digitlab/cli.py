@@ -670,7 +670,8 @@ def serve(
                                              "time under load).")] = False,
 ) -> None:
     """Serve the model: REST API (/v1/..., OpenAPI at /docs) and the drawing page at /. Limits, CORS and defaults
-    come from DIGITLAB_SERVE_* variables (MAX_BODY_BYTES, MAX_BATCH, TIMEOUT_S, CORS_ORIGINS, TOP_K)."""
+    come from DIGITLAB_SERVE_* variables (MAX_BODY_BYTES, MAX_BATCH, TIMEOUT_S, CORS_ORIGINS, TOP_K; for slow
+    clients HEADER_TIMEOUT_S, BODY_TIMEOUT_S, KEEP_ALIVE_S, MAX_CONNECTIONS)."""
     import os
     import shutil
     import tempfile
@@ -680,6 +681,7 @@ def serve(
 
     from digitlab.inference import Predictor
     from digitlab.serve import ServeSettings, create_app
+    from digitlab.serve.protocol import HTTP_PROTOCOL
     from digitlab.serve.settings import ENV_PREFIX
 
     try:
@@ -689,9 +691,12 @@ def serve(
         raise typer.BadParameter(f"{ENV_PREFIX}{str(first['loc'][0]).upper()}: {first['msg']}") from None
     predictor = Predictor.from_path(model)  # a model that cannot load fails here, not in a worker
     err.print(f"serving {predictor.name} ({model}) on http://{host}:{port}/ (API docs at /docs)")
+    # slow clients: the request head's deadline (the protocol reads DIGITLAB_SERVE_HEADER_TIMEOUT_S), idle
+    # kept-alive connections, and a cap on connections and requests (past it a 503 at once)
     if workers == 1:
         uvicorn.run(create_app(settings, predictor=predictor), host=host, port=port, log_level="info",
-                    access_log=access_log)
+                    access_log=access_log, http=HTTP_PROTOCOL, timeout_keep_alive=settings.keep_alive_s,
+                    limit_concurrency=settings.max_connections)
         return
     os.environ[f"{ENV_PREFIX}MODEL"] = str(model.resolve())
     metrics_dir = tempfile.mkdtemp(prefix="digitlab-metrics-")
@@ -704,7 +709,8 @@ def serve(
     os.environ.update(scoped)
     try:
         uvicorn.run("digitlab.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    log_level="info", access_log=access_log)
+                    log_level="info", access_log=access_log, http=HTTP_PROTOCOL,
+                    timeout_keep_alive=settings.keep_alive_s, limit_concurrency=settings.max_connections)
     finally:
         for k, v in saved.items():
             if v is None:

@@ -42,6 +42,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digitlab import __version__
@@ -73,6 +74,13 @@ class BodyTooLarge(ClientError):
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body over the {limit:,}-byte limit")
+
+
+class BodyTimeout(ClientError):
+    """Raised when a request's body has not arrived within the deadline (a slow or stalled client)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(408, f"the request body did not arrive within {seconds:g} s", headers={"Connection": "close"})
 
 
 # ----------------------------------------------------------------------------------------- schemas
@@ -162,13 +170,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for co
 # ----------------------------------------------------------------------------------------- middleware
 
 class LimitAndMeasure:
-    """ASGI middleware: refuses bodies over the limit (declared or received) with 413, and counts every
-    request by endpoint and status, with its latency, for ``/metrics``."""
+    """ASGI middleware: refuses bodies over the limit (declared or received) with 413 and bodies that do not
+    arrive within ``body_timeout_s`` with 408, logs a client that disconnects as one info line (status
+    499 in the counts), and counts every request by endpoint and status, with its latency, for ``/metrics``."""
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, requests: Counter, latency: Histogram,
-                 endpoints: Callable[[], set[str]]) -> None:
+                 endpoints: Callable[[], set[str]], body_timeout_s: float = 30.0) -> None:
         self.app = app
         self.limit = max_body_bytes
+        self.body_timeout_s = body_timeout_s
         self.requests = requests
         self.latency = latency
         self.endpoints = endpoints
@@ -195,17 +205,31 @@ class LimitAndMeasure:
             if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
                 raise BodyTooLarge(self.limit) if declared.isdigit() else ClientError(400, "bad Content-Length")
             received = 0
+            deadline: float | None = None  # of the body, from the app's first read
+            body_done = False
 
             async def limited_receive() -> Message:
-                nonlocal received
-                message = await receive()
+                nonlocal received, deadline, body_done
+                if body_done:
+                    return await receive()
+                loop = asyncio.get_running_loop()
+                if deadline is None:
+                    deadline = loop.time() + self.body_timeout_s
+                try:
+                    message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+                except TimeoutError:
+                    raise BodyTimeout(self.body_timeout_s) from None
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > self.limit:
                         raise BodyTooLarge(self.limit)
+                    body_done = not message.get("more_body", False)
                 return message
 
             await self.app(scope, limited_receive, counted_send)
+        except ClientDisconnect:  # an ordinary event (a closed tab, a client's timeout): no traceback
+            status = 499
+            log.info("%s %s: the client disconnected before the response", scope.get("method", ""), path)
         except ClientError as e:
             if started:
                 raise
@@ -449,7 +473,7 @@ def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | 
                         buckets=LATENCY_BUCKETS, registry=registry)
     paths: set[str] = set()
     app.add_middleware(LimitAndMeasure, max_body_bytes=settings.max_body_bytes, requests=requests, latency=latency,
-                       endpoints=lambda: paths)
+                       endpoints=lambda: paths, body_timeout_s=settings.body_timeout_s)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type"])

@@ -24,6 +24,13 @@ class ServeSettings(BaseSettings):
     # origins allowed to call the API from a browser: "https://a.example,https://b.example"; none: closed
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     top_k: int = Field(3, ge=1, le=100)
+    # slow clients (``digitlab serve``): a connection's request head (line and headers) must arrive within
+    # header_timeout_s of its first byte (or of the connection), a request's body within body_timeout_s
+    # (else 408); an idle kept-alive connection closes after keep_alive_s; past max_connections a 503
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)
+    keep_alive_s: int = Field(5, ge=1)
+    max_connections: int = Field(1000, ge=1)
 
     @field_validator("cors_origins", mode="before")
     @classmethod
