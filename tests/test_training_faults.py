@@ -140,3 +140,21 @@ def test_sigterm_during_training_keeps_the_checkpoint_and_says_how_to_resume(tmp
     state = torch.load(run / "checkpoint" / trainer.CHECKPOINT_FILE, weights_only=True)
     assert 1 <= state["epoch"] < 50
     assert not (run / RunDir.HOLDER).exists()  # the lock was released on the way out
+
+
+@needs_mnist
+def test_sigterm_while_the_checkpoint_is_written_finishes_it_first(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = config_from_recipe("fast", [*TINY, "train.epochs=3"])
+    real = trainer._save_checkpoint
+
+    def save_checkpoint(run: RunDir, state: dict) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # handled at the next bytecode: in the middle of the write
+        real(run, state)
+
+    monkeypatch.setattr(trainer, "_save_checkpoint", save_checkpoint)
+    with pytest.raises(TrainingInterrupted, match=r"^terminated \(SIGTERM\) after 1 finished epoch\(s\)") as e:
+        train_run(cfg, out_root=tmp_path, show_progress=False)
+    assert e.value.exit_code == 128 + signal.SIGTERM
+    (run,) = tmp_path.iterdir()
+    assert torch.load(run / "checkpoint" / trainer.CHECKPOINT_FILE, weights_only=True)["epoch"] == 1

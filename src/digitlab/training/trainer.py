@@ -96,23 +96,50 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM during training, handled as Ctrl-C is."""
 
 
+class _SigtermGate:
+    """Where SIGTERM stops training: at once, or, inside ``finishing()`` (an epoch's checkpoint being
+    written), as soon as that block ends, so the checkpoint is finished first."""
+
+    def __init__(self) -> None:
+        self.finishing = False
+        self.pending = False
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        self.finishing = True
+        try:
+            yield
+        finally:
+            self.finishing = False
+        if self.pending:
+            raise _Terminated
+
+    def stop(self) -> None:
+        if self.finishing:
+            self.pending = True
+        else:
+            raise _Terminated
+
+
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def _sigterm_as_interrupt() -> Iterator[_SigtermGate]:
     """While training runs, SIGTERM raises ``_Terminated`` (a KeyboardInterrupt), so that it ends as Ctrl-C does:
-    the last checkpoint kept, the ``--resume`` command printed. The previous handler is restored after, and a
-    second SIGTERM meets it. Only the main thread can own signals; elsewhere nothing changes."""
+    the checkpoint being written finished, the last one kept, the ``--resume`` command printed. The previous
+    handler is restored after, and a second SIGTERM meets it. Only the main thread can own signals; elsewhere
+    nothing changes."""
+    gate = _SigtermGate()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield gate
         return
     previous = signal.getsignal(signal.SIGTERM)
 
     def terminate(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGTERM, previous)
-        raise _Terminated
+        gate.stop()
 
     signal.signal(signal.SIGTERM, terminate)
     try:
-        yield
+        yield gate
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -291,7 +318,7 @@ def train_run(
     device = d.device(resolve_device(cfg.train.device)) if entry.kind != "classical" else torch.device("cpu")
     d = init_distributed(device, cfg.train.dist_timeout)
     try:
-        with _sigterm_as_interrupt(), contextlib.ExitStack() as held:
+        with _sigterm_as_interrupt() as gate, contextlib.ExitStack() as held:
             if not d.is_main:
                 log = None
             if run is not None and d.is_main:  # a second process resuming this run stops before loading anything
@@ -315,7 +342,7 @@ def train_run(
                 return _train_classical(cfg, run, ds, split, spec, model, log, evaluate_test)
             return _train_torch(cfg, run, ds, split, spec, setup, d, device, resume=resume,
                                 show_progress=show_progress and d.is_main, log=log, callbacks=callbacks,
-                                evaluate_test=evaluate_test)
+                                evaluate_test=evaluate_test, gate=gate)
     except KeyboardInterrupt as e:  # one line (typer would turn it into a silent exit 130)
         what = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
         if run is None or not RunDir.is_run(run.path):
@@ -443,8 +470,9 @@ def _setup_torch(cfg: RunConfig, split: Split, spec: PreprocessSpec, model: nn.M
 def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: PreprocessSpec, setup: _TorchSetup,
                  d: Dist, device: torch.device, *, resume: bool, show_progress: bool,
                  log: Callable[[str], None] | None, callbacks: Sequence[EpochCallback],
-                 evaluate_test: bool) -> TrainResult:
+                 evaluate_test: bool, gate: _SigtermGate | None = None) -> TrainResult:
     t = cfg.train
+    finishing = gate.holding if gate is not None else contextlib.nullcontext
     model, net, amp, loader, outliers, n_out = setup.model, setup.net, setup.amp, setup.loader, setup.outliers, \
         setup.n_out
     opt, sched, ema, n_params = setup.opt, setup.sched, setup.ema, setup.n_params
@@ -542,20 +570,21 @@ def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: P
             for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s"):
                 writer.add_scalar(key, row[key], epoch + 1)
             writer.flush()
-        _save_epoch(run, row, {
-            "epoch": epoch + 1,
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-            "best_acc": best_acc,
-            "best_epoch": best_epoch,
-            "best_state": best_state,
-            "stale": stale,
-            "elapsed": elapsed,
-        })
+        with finishing():  # a SIGTERM now stops training once this epoch's checkpoint is written
+            _save_epoch(run, row, {
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                "best_acc": best_acc,
+                "best_epoch": best_epoch,
+                "best_state": best_state,
+                "stale": stale,
+                "elapsed": elapsed,
+            })
         if log:
             log(f"epoch {epoch + 1}/{t.epochs}: loss {row['train_loss']:.4f} train acc {row['train_acc']:.4f} "
                 f"val acc {val_acc:.4f} ({row['images_per_s']:,.0f} images/s, {train_seconds:.1f} s)")
