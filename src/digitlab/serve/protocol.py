@@ -6,7 +6,7 @@ uvicorn closes an idle kept-alive connection after ``timeout_keep_alive``, but a
 sends a byte, or sends part of a request line and headers and then stalls, stays open for ever (a
 handful of such clients hold the server's connections). Here a connection must complete each request
 head within ``DIGITLAB_SERVE_HEADER_TIMEOUT_S`` (``ServeSettings.header_timeout_s``) of connecting or
-of the request's first byte; past it the client gets a 408 and the connection is closed. The body has
+of the request's first byte; past it the connection is closed (with a 408 when part of a request came). The body has
 its own deadline in the app (``body_timeout_s``), where the request is known.
 """
 
@@ -36,6 +36,7 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_timeout = head_timeout_s()
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_begun = False  # some of a request head has arrived (else the connection is silent)
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is None:
@@ -52,10 +53,12 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._head_begun = True
         self._arm_head_timer()
 
     def on_headers_complete(self) -> None:
         self._disarm_head_timer()
+        self._head_begun = False
         super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -66,6 +69,7 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self.transport.is_closing():
             return
-        if self.cycle is None or self.cycle.response_complete:  # no response of ours under way
+        # a 408 for a stalled request; a silent connection (a browser's preconnect) is only closed
+        if self._head_begun and (self.cycle is None or self.cycle.response_complete):
             self.transport.write(_TIMEOUT_408)
         self.transport.close()
