@@ -179,6 +179,15 @@ def test_an_unreachable_or_wrong_postgres_url_is_one_line(tmp_path: Path) -> Non
     assert_one_line_error(result, "storage postgresql+psycopg//nowhere")
 
 
+@pytest.mark.parametrize("bad", ["postgresql+psycopg://digitlab:s3cret@127.0.0.1:notaport/study",
+                                 "postgresql+psycopg://digitlab:s3cret/study",  # no '@': the password reads as a port
+                                 "postgresql+psycopg://digitlab:s3cret@[::1/study"])
+def test_a_malformed_postgres_url_is_one_line_and_hides_the_password(tmp_path: Path, bad: str) -> None:
+    result = runner.invoke(app, [*TUNE, "--trials", "1", "--storage", bad, "--out", str(tmp_path)])
+    assert_one_line_error(result, "storage postgresql+psycopg://")
+    assert "s3cret" not in result.output and "malformed URL" in result.output
+
+
 def test_a_database_that_does_not_exist_is_one_line(postgres: str, tmp_path: Path) -> None:
     started = time.monotonic()
     result = runner.invoke(app, [*TUNE, "--trials", "1", "--storage", f"{postgres}/no_such_db", "--out",

@@ -145,17 +145,26 @@ def _advisory_lock(engine: sqlalchemy.Engine, name: str, url: str) -> Iterator[R
             release()
 
 
+_URL_ERRORS = (sqlalchemy.exc.ArgumentError, ValueError)  # make_url: unparseable; a port that is not a number
+
+
 def _shown(url: str) -> str:
-    """The URL without its password, for messages."""
+    """The URL without its password, for messages. A URL that does not parse is shown up to its ``://``
+    only: where the password ends is then unknown (``user:secret/db`` reads as host ``user``, port ``secret``)."""
     try:
         return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return url
+    except _URL_ERRORS:
+        scheme, sep, _ = url.partition("://")
+        return f"{scheme}://***" if sep else url
 
 
 def _storage_error(url: str, error: BaseException) -> TuningError:
     line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    if isinstance(error, ModuleNotFoundError):
+    if isinstance(error, ValueError) and not isinstance(error, sqlalchemy.exc.SQLAlchemyError):
+        # make_url's ValueError quotes the port it could not read, which may be a password
+        line = ("a malformed URL: the port is not a number, or the user or password holds an '@', ':' or '/' "
+                "(percent-encode it); expected dialect+driver://user:password@host:port/database")
+    elif isinstance(error, ModuleNotFoundError):
         line += " (install the database driver; for PostgreSQL use a postgresql+psycopg:// URL)"
     elif isinstance(error, sqlalchemy.exc.OperationalError):
         line += " (is the database server running, and are the URL's host, port, user and database right?)"
@@ -166,7 +175,7 @@ def _backend(url: str) -> str:
     """``sqlite``, ``postgresql``, ``mysql``, ... for a SQLAlchemy URL; a bad URL is a one-line error."""
     try:
         return sqlalchemy.engine.make_url(url).get_backend_name()
-    except sqlalchemy.exc.ArgumentError as e:
+    except _URL_ERRORS as e:
         raise _storage_error(url, e) from None
 
 
@@ -201,7 +210,7 @@ def _pg_engine_kwargs(url: str) -> dict[str, Any]:
     """Give up on an unreachable server after 10 s (libpq waits for ever) unless the URL says otherwise."""
     try:
         query = sqlalchemy.engine.make_url(url).query
-    except sqlalchemy.exc.ArgumentError:
+    except _URL_ERRORS:
         return {}
     return {} if "connect_timeout" in query else {"connect_args": {"connect_timeout": 10}}
 
