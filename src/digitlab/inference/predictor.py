@@ -42,6 +42,8 @@ from digitlab.inference.formats import (
     HUB_WEIGHTS,
     META_MODEL,
     META_REJECTION,
+    ONNX_INPUT,
+    ONNX_OUTPUT,
     ModelInfo,
     ModelInfoError,
     read_model_info,
@@ -223,7 +225,9 @@ class Predictor:
             from digitlab.models.registry import make_config
 
             try:
-                model = ClassicalModel.load(run.file("model.skops"), info.name, make_config(info.name, **info.args))
+                config = make_config(info.name, **info.args)
+                _check_class_names(info, config.n_classes, run.path)
+                model = ClassicalModel.load(run.file("model.skops"), info.name, config)
             except (ModelError, DataError) as e:
                 raise PredictorError(str(e)) from None
             backend: Backend = SklearnBackend(model)
@@ -267,6 +271,7 @@ class Predictor:
                 if META_REJECTION in meta else None
         except (ModelInfoError, RejectionError) as e:
             raise PredictorError(f"{e} (export it again with this digitlab)") from None
+        _check_onnx_graph(session, info, path)
         backend = OnnxBackend(session, info.preprocess)
         if policy is not None and policy.detector_threshold is not None and not backend.has_detector:
             raise PredictorError(f"{path}: its rejection policy names a non-digit detector that its graph lacks")
@@ -507,20 +512,81 @@ def _load_torch(info: ModelInfo, weights: Path, device: torch.device) -> torch.n
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from digitlab.models.registry import create_model
+    from digitlab.models.registry import create_model, make_config
 
     if not weights.is_file():
         raise PredictorError(f"{weights.parent}: no {weights.name}")
     try:
         model = create_model(info.name, **info.args)
+        _check_class_names(info, make_config(info.name, **info.args).n_classes, weights.parent)
     except ModelError as e:
         raise PredictorError(str(e)) from None
     try:
-        model.load_state_dict(load_file(str(weights)))
+        state = load_file(str(weights))
+        model.load_state_dict(state)
     except (RuntimeError, OSError, SafetensorError) as e:
         raise PredictorError(f"{weights}: cannot load the {info.name} weights its config describes: "
                              f"{_first_line(e)}") from None
+    _check_finite(state, weights)
     return model.to(device).eval()
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Refuse weights holding a NaN or an infinity: such a model answers label 0 with confidence NaN.
+
+    Raises:
+        PredictorError: naming the file and the first tensor that is not finite.
+    """
+    for key, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise PredictorError(f"{source}: {key} holds NaN or infinite values: the weights are corrupt (a "
+                                 "diverged training run or a damaged file); train again or restore them")
+
+
+def _check_class_names(info: ModelInfo, n_out: int | None, source: Path | str) -> None:
+    """The model description's class names must name every output of the model (``n_out``; None: unknown).
+
+    Raises:
+        PredictorError: one line naming ``source`` and both numbers.
+    """
+    n_names = len(info.class_names)
+    if n_out is not None and n_names != n_out:
+        raise PredictorError(f"{source}: the model has {n_out} outputs but its description names {n_names} "
+                             f"classes ({', '.join(info.class_names[:12])}); the model description does not "
+                             "match the model")
+
+
+def _check_onnx_graph(session: Any, info: ModelInfo, path: Path) -> None:
+    """The graph takes ``ONNX_INPUT`` and gives ``ONNX_OUTPUT`` with one column per class name; its float
+    initializers (the weights) are finite.
+
+    Raises:
+        PredictorError: one line naming the file and what is wrong.
+    """
+    inputs = [i.name for i in session.get_inputs()]
+    if inputs != [ONNX_INPUT]:
+        raise PredictorError(f"{path}: the graph's inputs are {inputs}, not the one input {ONNX_INPUT!r} digitlab "
+                             "feeds; export it with `digitlab export`")
+    outputs = {o.name: o for o in session.get_outputs()}
+    if ONNX_OUTPUT not in outputs:
+        raise PredictorError(f"{path}: the graph has no output {ONNX_OUTPUT!r} (it has {sorted(outputs)}); "
+                             "export it with `digitlab export`")
+    shape = outputs[ONNX_OUTPUT].shape
+    _check_class_names(info, shape[-1] if shape and isinstance(shape[-1], int) else None, path)
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:  # the weights are checked where the onnx package is installed
+        return
+    try:
+        graph = onnx.load(str(path)).graph
+    except Exception:  # ONNX Runtime read it; should the onnx package not, the check is left out
+        return
+    for init in graph.initializer:
+        a = numpy_helper.to_array(init)
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            raise PredictorError(f"{path}: initializer {init.name} holds NaN or infinite values: the weights "
+                                 "are corrupt; export them again from a good run")
 
 
 def _onnx_providers(ort: Any, device: str) -> list[str]:
