@@ -89,6 +89,22 @@ def test_train_refuses_nonsense_before_loading_data(expr: str, tmp_path: Path,
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+@needs_mnist
+@pytest.mark.parametrize("expr, why", [("model.args.dense=[100000000]", "dense.0: Input should be less than"),
+                                       ("model.args.blocks.0.filters=1e6", "blocks.0.filters: Input should be"),
+                                       ("model.args.blocks.0.filters=1.0e+6", "blocks.0.filters: Input should be less"),
+                                       ("model.args.blocks.0.filters=-5", "greater than or equal to 1"),
+                                       ("model.args.dense=[60000, 60000]", "parameter budget")])
+def test_train_refuses_an_oversized_model_before_allocating_it(expr: str, why: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["train", "--set", expr, *(a for s in TINY for a in ("--set", s)),
+                                      "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("digitlab: error: ")]
+    assert len(lines) == 1 and "model 'cnn'" in lines[0] and why in lines[0], result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 def test_a_misspelt_key_names_the_nearest_one() -> None:
     with pytest.raises(ConfigError, match=r"^bad config: train\.epoch: Extra inputs are not permitted \(did you "
                                           r"mean train\.epochs\?\)$"):
