@@ -306,3 +306,13 @@ def test_predict_exit_status_with_an_unreadable_file(tiny_run: Path, images: Pat
     assert result.exit_code == 2
     assert len(json.loads(result.stdout)["predictions"]) == 3
     assert _summary(result).endswith(", 1 unreadable")
+
+
+def test_ctrl_c_in_any_command_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("digitlab.cli.fetch_dataset", interrupted)
+    result = runner.invoke(app, ["data", "fetch"])
+    assert result.exit_code == 130
+    assert result.output.strip() == "digitlab: error: interrupted"

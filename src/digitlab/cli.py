@@ -49,6 +49,13 @@ class _Group(TyperGroup):
             _fail("aborted", 130)
         sys.exit(rv if isinstance(rv, int) else 0)
 
+    def invoke(self, ctx: Any) -> Any:
+        # Typer turns Ctrl-C into a silent exit 130 before main() sees it: say it in one line here
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+
     def get_params(self, ctx: Any) -> list[Any]:
         _show_flags_as_flags(self, ctx)
         return super().get_params(ctx)
