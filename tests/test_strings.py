@@ -5,6 +5,7 @@ The stand-in reads the fitted 28x28 frame: one closed ring is a "0", a narrow up
 anything else (two rings, a blot, a cross) is nothing in particular (probability 0.1 for every class).
 """
 
+import base64
 import io
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -17,6 +18,7 @@ from scipy import ndimage as ndi
 
 from digitlab.data.preprocess import PreprocessSpec
 from digitlab.inference import Predictor
+from digitlab.inference import strings as strings_module
 from digitlab.inference.prepare import ImageError
 from digitlab.inference.strings import DigitString, compose_line, read_digits
 
@@ -295,3 +297,25 @@ def test_a_predictor_with_a_detector_has_its_scores_weigh_in(mnist_dataset, smal
     assert read_digits(255 - line, neutral).text == plain and neutral.calls == 1
     hostile = WithDetector(small_cnn, 30.0)  # every piece costs 60 nats: fewer digits win
     assert len(read_digits(255 - line, hostile).text) < len(plain)
+
+
+# A corrupt JPEG found by benchmarks/bench_fuzz.py: a piece passed the relative stroke level with no pixel
+# above 0.05, and tightening it took the minimum of nothing (a 500 from /v1/read).
+FUZZ_JPEG = base64.b64decode(
+    "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHRofHh0aHBwgJC4nICIsIxwcKDcpLDAxNDQ0Hyc5"
+    "PTgyPC4zNDL/wAALCAAcABwBAREA/8QAHwAAAQUBAQEBAQEAAAAAAAAAAAECAwQFBgcICQoL/8QAtRAAAgEDAwIEAwUFBAQAAAF9AQIDAAQR"
+    "BRIhMUEGE1FhByJxFDKBkaEII0KxwRVS0fAkM2JyggkKFhcYGRolJicoKSo0NZg3ODk6Q0RFRkdISUpTVFVWV1hZHGNkZWZnaGlqc3R1dnd4"
+    "eXqDhIWGh4iJipKTlJWWl5iZmqKjpKWmp6ipqrKztLW2t7i5z8LDxMXGx8hKytLT1NXW19jZ2uHi4+Tl5ufo6erx8vP09fb3+Pn6/9oACAEB"
+    "AAA/APdBKKKKKKKKKKKKKKK//9k=")
+
+
+def test_ink_fainter_than_the_visible_level_is_still_tightened(small_cnn) -> None:
+    faint = np.zeros((20, 20))
+    faint[5:15, 8:11] = 0.04  # strokes by the relative level, yet nothing above 0.05
+    piece = strings_module._tight(faint, (0, 0), min_size=1)
+    assert piece is not None and piece.box == (8, 5, 11, 15)
+    try:
+        line = read_digits(FUZZ_JPEG, small_cnn)
+    except ImageError:
+        return  # refused in one line is as good an answer as a reading
+    assert isinstance(line, DigitString)

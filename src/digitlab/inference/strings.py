@@ -275,7 +275,8 @@ def _tight(crop: np.ndarray, origin: tuple[int, int], min_size: float) -> _Piece
     height, width = (int(_extent(strokes.any(axis=a)[None])[0]) for a in (1, 0))
     if max(height, width) < max(min_size, MIN_PIXELS):
         return None
-    ys, xs = np.nonzero(crop > 0.05)
+    visible = crop > 0.05
+    ys, xs = np.nonzero(visible if visible.any() else strokes)  # ink all fainter than 0.05: its strokes
     y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
     return _Piece(crop[y0:y1, x0:x1], (origin[1] + x0, origin[0] + y0, origin[1] + x1, origin[0] + y1), height,
                   width)
