@@ -55,30 +55,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from digitlab.data.loading import load_dataset
 from machine_info import machine
+from processes import free_port, rss_mb
 
 HOST = "127.0.0.1"
 BOUNDARY = "fuzzboundary7"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children, from /proc/PID/status."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
-        except OSError:
-            continue
-    return total / 1024
 
 
 def _image(a: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -366,7 +346,7 @@ def main() -> None:
     good_pngs = [_image(g) for g in goods]
     families = _cases(good_pngs[0], goods[0].tolist(), rng)
 
-    port = _free_port()
+    port = free_port()
     exe = str(Path(sys.executable).with_name("digitlab"))
     env = {**os.environ, "DIGITLAB_SERVE_HEADER_TIMEOUT_S": str(args.header_timeout),
            "DIGITLAB_SERVE_BODY_TIMEOUT_S": str(args.body_timeout)}
@@ -407,7 +387,7 @@ def main() -> None:
             time.sleep(0.2)
         for k in range(40):  # warm up before the first memory reading
             good(k)
-        rss_before = _rss_mb(server.pid)
+        rss_before = rss_mb(server.pid)
 
         statuses: Counter = Counter()
         by_family: dict[str, Counter] = {}
@@ -436,7 +416,7 @@ def main() -> None:
                     leaks.append(name)
             if i % 500 == 0:
                 with lock:
-                    rss_trace.append((i, round(_rss_mb(server.pid), 1)))
+                    rss_trace.append((i, round(rss_mb(server.pid), 1)))
             if i % args.good_every == 0:
                 g_status, _ = good(next(counter))
                 with lock:
@@ -463,7 +443,7 @@ def main() -> None:
         after = Counter(str(good(k)[0]) for k in range(40))  # the server still answers
         result["good_after"] = dict(after)
         result["ready_after"] = _exchange(port, _request("GET", "/readyz", length=None), 5)[0] == 200
-        rss_after = _rss_mb(server.pid)
+        rss_after = rss_mb(server.pid)
         result["rss_mb"] = {"before": round(rss_before, 1), "after": round(rss_after, 1),
                             "growth_pct": round(100 * (rss_after - rss_before) / rss_before, 2),
                             "note": "VmRSS of the serving process and its children; before: after 40 good requests"}

@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,28 +39,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from digitlab.data.loading import load_dataset
 from machine_info import machine
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (uvicorn's workers), from /proc."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-            todo += [int(c) for c in children]
-        except OSError:
-            continue
-    return total / 1024
+from processes import free_port, rss_mb
 
 
 def _png(a: np.ndarray) -> bytes:
@@ -74,7 +52,7 @@ async def _load(url: str, bodies: list[bytes], seconds: float, concurrency: int,
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     errors = 0
-    memory = [(0.0, _rss_mb(pid))]
+    memory = [(0.0, rss_mb(pid))]
     start = time.perf_counter()
     deadline = start + seconds
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -98,11 +76,11 @@ async def _load(url: str, bodies: list[bytes], seconds: float, concurrency: int,
         async def watch() -> None:
             while time.perf_counter() < deadline:
                 await asyncio.sleep(5)
-                memory.append((time.perf_counter() - start, _rss_mb(pid)))
+                memory.append((time.perf_counter() - start, rss_mb(pid)))
 
         await asyncio.gather(watch(), *(one(k) for k in range(concurrency)))
     elapsed = time.perf_counter() - start
-    memory.append((elapsed, _rss_mb(pid)))
+    memory.append((elapsed, rss_mb(pid)))
     ok = statuses.get(200, 0)
     return {"client": "httpx", "seconds": elapsed, "requests": len(latencies),
             "requests_per_s": len(latencies) / elapsed,
@@ -146,18 +124,18 @@ def _wrk_load(url: str, bodies: list[bytes], seconds: float, concurrency: int, p
     (folder / "bodies.txt").write_text("\n".join(paths) + "\n")
     script = folder / "predict.lua"
     script.write_text(WRK_SCRIPT % {"list": folder / "bodies.txt", "boundary": boundary})
-    memory = [(0.0, _rss_mb(pid))]
+    memory = [(0.0, rss_mb(pid))]
     start = time.perf_counter()
     proc = subprocess.Popen(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", "10s", "-s",
                              str(script), url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while proc.poll() is None and time.perf_counter() - start < seconds + 30:
         time.sleep(5)
-        memory.append((time.perf_counter() - start, _rss_mb(pid)))
+        memory.append((time.perf_counter() - start, rss_mb(pid)))
     out, err = proc.communicate(timeout=30)
     if proc.returncode != 0:
         sys.exit(f"wrk failed: {err[-500:]}")
     r = json.loads(out.strip().splitlines()[-1])
-    memory.append((time.perf_counter() - start, _rss_mb(pid)))
+    memory.append((time.perf_counter() - start, rss_mb(pid)))
     elapsed = r["duration_us"] / 1e6
     errors = r["connect"] + r["read"] + r["write"] + r["timeout"]
     return {"client": "wrk", "seconds": elapsed, "requests": r["requests"],
@@ -236,7 +214,7 @@ def main() -> None:
                                  "concurrency": args.concurrency, "load": {}}
     exe = str(Path(sys.executable).with_name("digitlab"))
     for workers in args.workers:
-        port = _free_port()
+        port = free_port()
         server = subprocess.Popen([exe, "serve", args.run, "--host", "127.0.0.1", "--port", str(port),
                                    "--workers", str(workers)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   env={**os.environ}, start_new_session=True)
