@@ -21,6 +21,13 @@ class DigitlabError(Exception):
     exit_code = 2
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has none): what a one-line
+    error quotes of a library's multi-line message."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
 def nearest_key(key: str, known: Iterable[str]) -> str | None:
     """The known dotted key closest to a misspelt ``key`` (difflib), or None when none is close.
 

@@ -43,6 +43,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from digitlab import __version__
 from digitlab.core.config import ConfigError, RunConfig, read_run_config
+from digitlab.core.errors import first_line
 from digitlab.core.fileio import atomic_path, atomic_write_text
 from digitlab.core.rundir import RunDir, check_output
 from digitlab.data.errors import DataError
@@ -145,7 +146,7 @@ def export_onnx(run: str | os.PathLike[str], out: str | os.PathLike[str] | None 
     try:
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise ExportError(f"{predictor.name}: the exported graph fails onnx.checker: {_first_line(e)}") from None
+        raise ExportError(f"{predictor.name}: the exported graph fails onnx.checker: {first_line(e)}") from None
     _check_batch_axis(proto)
 
     if data is not None:
@@ -260,7 +261,7 @@ def session(path: str | os.PathLike[str]) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except (RuntimeError, ValueError) as e:  # onnxruntime's Fail / InvalidGraph / NotImplemented
-        raise ExportError(f"{path}: onnxruntime cannot load it: {_first_line(e)}") from None
+        raise ExportError(f"{path}: onnxruntime cannot load it: {first_line(e)}") from None
 
 
 def onnx_scores(sess: ort.InferenceSession, images: np.ndarray, predictor: Predictor) -> np.ndarray:
@@ -319,7 +320,7 @@ def quantize_int8(fp32_path: Path, target: Path, predictor: Predictor, data: Dat
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as e:
-        raise ExportError(f"{predictor.name}: the INT8 graph fails onnx.checker: {_first_line(e)}") from None
+        raise ExportError(f"{predictor.name}: the INT8 graph fails onnx.checker: {first_line(e)}") from None
     with atomic_path(target, overwrite=overwrite) as tmp:
         onnx.save_model(proto, str(tmp))
         int8 = session(tmp)
@@ -417,7 +418,7 @@ def _quantize(prepared: Path, out: Path, batches: list[dict[str, np.ndarray]], *
                 calibrate_method=CalibrationMethod.MinMax,
             )
     except (RuntimeError, ValueError) as e:
-        raise ExportError(f"INT8 quantization failed: {_first_line(e)}") from None
+        raise ExportError(f"INT8 quantization failed: {first_line(e)}") from None
 
 
 def _to_onnx(predictor: Predictor, opset: int, say: Callable[[str], None]) -> tuple[onnx.ModelProto, str]:
@@ -442,7 +443,7 @@ def _to_onnx(predictor: Predictor, opset: int, say: Callable[[str], None]) -> tu
     # torch.export and onnxscript raise many unrelated types (UserError, constraint violations, missing
     # translations): whichever it is, the TorchScript exporter gets its chance.
     except Exception as e:
-        say(f"the dynamo exporter failed ({type(e).__name__}: {_first_line(e)}); using the TorchScript exporter")
+        say(f"the dynamo exporter failed ({type(e).__name__}: {first_line(e)}); using the TorchScript exporter")
         return _to_onnx_torchscript(predictor, example, opset), "torchscript"
     proto = program.model_proto
     got = _default_opset(proto)
@@ -475,7 +476,7 @@ def _to_onnx_torchscript(predictor: Predictor, example: torch.Tensor, opset: int
                 dynamic_axes={ONNX_INPUT: {0: BATCH_AXIS}, **{name: {0: BATCH_AXIS} for name in outputs}},
             )
     except Exception as e:  # as above: the tracer's failures have no common type
-        raise ExportError(f"{predictor.name}: cannot export to ONNX: {type(e).__name__}: {_first_line(e)}") from None
+        raise ExportError(f"{predictor.name}: cannot export to ONNX: {type(e).__name__}: {first_line(e)}") from None
     return onnx.load_model_from_string(buffer.getvalue())
 
 
@@ -516,7 +517,7 @@ def _load_data(predictor: Predictor, cfg: RunConfig, *, download: bool,
     try:
         data = load_dataset(name, cfg.data.data_dir, download=download)
     except DataError as e:
-        say(f"dataset {name} not available ({_first_line(e)}): checking parity on random images instead")
+        say(f"dataset {name} not available ({first_line(e)}): checking parity on random images instead")
         return None
     if data.spec.n_classes != predictor.n_classes or tuple(data.test_images.shape[1:]) != predictor.spec.input_size:
         say(f"dataset {name} does not match the model's classes or input size: checking parity on random images")
@@ -526,11 +527,6 @@ def _load_data(predictor: Predictor, cfg: RunConfig, *, download: bool,
 
 def _size(path: Path) -> int | None:
     return path.stat().st_size if path.is_file() else None
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import HFValidationError, HTTPError
 from huggingface_hub.utils import validate_repo_id
 
+from digitlab.core.errors import first_line
 from digitlab.core.rundir import RunDir
 from digitlab.export.errors import ExportError
 from digitlab.export.hub import export_hub, is_hub_folder
@@ -57,14 +58,14 @@ def push(run_or_folder: str | os.PathLike[str], repo_id: str, *, token: str | No
     try:
         validate_repo_id(repo_id)
     except HFValidationError as e:
-        raise ExportError(f"bad --repo-id {repo_id!r}: {_first_line(e)}") from None
+        raise ExportError(f"bad --repo-id {repo_id!r}: {first_line(e)}") from None
     if "/" not in repo_id:
         raise ExportError(f"bad --repo-id {repo_id!r}: give it as user/name or organisation/name")
     if not token:
         try:  # the environment, the stored login, or (when HF_OIDC_RESOURCE asks for it) a token exchange
             token = huggingface_hub.get_token()
         except (*_NETWORK_ERRORS, ValueError) as e:
-            raise ExportError(f"cannot get a Hugging Face token: {type(e).__name__}: {_first_line(e)}") from None
+            raise ExportError(f"cannot get a Hugging Face token: {type(e).__name__}: {first_line(e)}") from None
     if not token:
         raise ExportError("no Hugging Face token: set HF_TOKEN, run `hf auth login`, or pass --token (a token "
                           "with write access, from https://huggingface.co/settings/tokens)")
@@ -79,11 +80,6 @@ def push(run_or_folder: str | os.PathLike[str], repo_id: str, *, token: str | No
         commit = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model",
                                    commit_message="Upload digitlab model")
     except _NETWORK_ERRORS as e:
-        raise ExportError(f"push to {repo_id} on {api.endpoint} failed: {type(e).__name__}: {_first_line(e)}"
+        raise ExportError(f"push to {repo_id} on {api.endpoint} failed: {type(e).__name__}: {first_line(e)}"
                           ) from None
     return str(getattr(commit, "commit_url", commit))
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__

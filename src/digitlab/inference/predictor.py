@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from digitlab.core.errors import DigitlabError
+from digitlab.core.errors import DigitlabError, first_line
 from digitlab.core.rundir import RunDir
 from digitlab.data.errors import DataError
 from digitlab.inference.backends import (
@@ -251,17 +251,20 @@ class Predictor:
 
     @classmethod
     def _from_onnx(cls, path: Path, *, device: str = "auto") -> "Predictor":
-        import onnxruntime as ort  # imported here: only ONNX users pay for it
+        import onnx  # imported here: only ONNX users pay for them
+        import onnxruntime as ort
 
         try:
+            proto = onnx.load(str(path))  # read once: its weights are checked, and the session is built from it
             options = ort.SessionOptions()
             options.log_severity_level = 3  # warnings about unused initializers are not the user's problem
             # as many threads as torch would use (docs/decisions.md#onnx-runtime-threads)
             options.intra_op_num_threads = torch.get_num_threads()
-            session = ort.InferenceSession(str(path), options, providers=_onnx_providers(ort, device))
+            session = ort.InferenceSession(proto.SerializeToString(), options,
+                                           providers=_onnx_providers(ort, device))
             meta = session.get_modelmeta().custom_metadata_map
         except Exception as e:  # onnxruntime raises its own kinds for a corrupt or foreign file
-            raise PredictorError(f"{path}: not a loadable ONNX model ({_first_line(e)})") from None
+            raise PredictorError(f"{path}: not a loadable ONNX model ({first_line(e)})") from None
         if META_MODEL not in meta:
             raise PredictorError(f"{path}: an ONNX file without digitlab's metadata ({META_MODEL}); export it with "
                                  "`digitlab export`")
@@ -271,7 +274,7 @@ class Predictor:
                 if META_REJECTION in meta else None
         except (ModelInfoError, RejectionError) as e:
             raise PredictorError(f"{e} (export it again with this digitlab)") from None
-        _check_onnx_graph(session, info, path)
+        _check_onnx_graph(session, proto, info, path)
         backend = OnnxBackend(session, info.preprocess)
         if policy is not None and policy.detector_threshold is not None and not backend.has_detector:
             raise PredictorError(f"{path}: its rejection policy names a non-digit detector that its graph lacks")
@@ -517,8 +520,8 @@ def _load_torch(info: ModelInfo, weights: Path, device: torch.device) -> torch.n
     if not weights.is_file():
         raise PredictorError(f"{weights.parent}: no {weights.name}")
     try:
+        _check_class_names(info, make_config(info.name, **info.args).n_classes, weights.parent)  # before allocating
         model = create_model(info.name, **info.args)
-        _check_class_names(info, make_config(info.name, **info.args).n_classes, weights.parent)
     except ModelError as e:
         raise PredictorError(str(e)) from None
     try:
@@ -526,7 +529,7 @@ def _load_torch(info: ModelInfo, weights: Path, device: torch.device) -> torch.n
         model.load_state_dict(state)
     except (RuntimeError, OSError, SafetensorError) as e:
         raise PredictorError(f"{weights}: cannot load the {info.name} weights its config describes: "
-                             f"{_first_line(e)}") from None
+                             f"{first_line(e)}") from None
     _check_finite(state, weights)
     return model.to(device).eval()
 
@@ -556,7 +559,7 @@ def _check_class_names(info: ModelInfo, n_out: int | None, source: Path | str) -
                              "match the model")
 
 
-def _check_onnx_graph(session: Any, info: ModelInfo, path: Path) -> None:
+def _check_onnx_graph(session: Any, proto: Any, info: ModelInfo, path: Path) -> None:
     """The graph takes ``ONNX_INPUT`` and gives ``ONNX_OUTPUT`` with one column per class name; its float
     initializers (the weights) are finite.
 
@@ -573,16 +576,9 @@ def _check_onnx_graph(session: Any, info: ModelInfo, path: Path) -> None:
                              "export it with `digitlab export`")
     shape = outputs[ONNX_OUTPUT].shape
     _check_class_names(info, shape[-1] if shape and isinstance(shape[-1], int) else None, path)
-    try:
-        import onnx
-        from onnx import numpy_helper
-    except ImportError:  # the weights are checked where the onnx package is installed
-        return
-    try:
-        graph = onnx.load(str(path)).graph
-    except Exception:  # ONNX Runtime read it; should the onnx package not, the check is left out
-        return
-    for init in graph.initializer:
+    from onnx import numpy_helper
+
+    for init in proto.graph.initializer:
         a = numpy_helper.to_array(init)
         if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
             raise PredictorError(f"{path}: initializer {init.name} holds NaN or infinite values: the weights "
@@ -594,8 +590,3 @@ def _onnx_providers(ort: Any, device: str) -> list[str]:
     wanted = ("CPUExecutionProvider",) if device == "cpu" else ("CUDAExecutionProvider", "CPUExecutionProvider")
     available = ort.get_available_providers()
     return [p for p in wanted if p in available] or available
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

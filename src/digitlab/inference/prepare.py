@@ -226,6 +226,11 @@ def _array_gray(a: np.ndarray) -> np.ndarray:
     return np.clip(f / (255.0 if f.max(initial=0) > 1 else 1.0), 0, 1)
 
 
+def reduction(shape: tuple[int, ...], longest: int = WORK_SIDE) -> int:
+    """The block side ``reduce_large`` averages over for an image of ``shape``: ceil(longest side / ``longest``)."""
+    return -(-max(shape) // longest)
+
+
 def reduce_large(gray: np.ndarray, longest: int = WORK_SIDE) -> tuple[np.ndarray, int]:
     """Average ``f x f`` blocks so the longest side is at most ``longest``; returns the image and ``f``.
 
@@ -233,7 +238,7 @@ def reduce_large(gray: np.ndarray, longest: int = WORK_SIDE) -> tuple[np.ndarray
     shorter than ``f`` (a thin strip, 2 x 700) is averaged whole into one row or column, so the result
     is never empty.
     """
-    f = -(-max(gray.shape) // longest)
+    f = reduction(gray.shape, longest)
     if f <= 1:
         return gray, 1
     for axis in (0, 1):
@@ -559,7 +564,7 @@ def prepare_image(source: str | os.PathLike[str] | bytes | Image.Image | np.ndar
     """
     source_gray = load_gray(source)
     sh, sw = source_gray.shape
-    if min(sh, sw) < -(-max(sh, sw) // WORK_SIDE):  # under one pixel thick at the working size
+    if min(sh, sw) < reduction(source_gray.shape):  # under one pixel thick at the working size
         raise ImageError(f"a {sw} x {sh} px image is too thin to hold a digit (the short side must be at least "
                          f"1/{WORK_SIDE} of the long side)")
     gray, factor = reduce_large(source_gray)

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from digitlab import __version__
 from digitlab.core.config import ConfigError, read_run_config
-from digitlab.core.errors import DigitlabError
+from digitlab.core.errors import DigitlabError, first_line
 from digitlab.core.fileio import atomic_path
 from digitlab.core.rundir import RunDir
 
@@ -238,7 +238,7 @@ def load_rejection(path: str | os.PathLike[str], *, device: torch.device | str =
             meta = f.metadata() or {}
             state = {k.removeprefix(_DETECTOR_PREFIX): f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except (OSError, SafetensorError) as e:
-        raise RejectionError(f"{path}: not a digitlab rejection file ({_first_line(e)})") from None
+        raise RejectionError(f"{path}: not a digitlab rejection file ({first_line(e)})") from None
     if meta.get(_META_FORMAT) != FORMAT or _META_POLICY not in meta:
         raise RejectionError(f"{path}: not a digitlab rejection file (format {meta.get(_META_FORMAT)!r}); run "
                              "`digitlab calibrate` on the run again")
@@ -251,15 +251,10 @@ def load_rejection(path: str | os.PathLike[str], *, device: torch.device | str =
         detector = NonDigitDetector(int(state["mean"].shape[0]) - 2, int(state["hidden.weight"].shape[0]))
         detector.load_state_dict(state)
     except (KeyError, RuntimeError, IndexError) as e:
-        raise RejectionError(f"{path}: a damaged non-digit detector ({_first_line(e)})") from None
+        raise RejectionError(f"{path}: a damaged non-digit detector ({first_line(e)})") from None
     if not all(torch.isfinite(t).all() for t in state.values()):
         raise RejectionError(f"{path}: the non-digit detector holds NaN or infinite weights")
     return Rejection(policy, detector.to(device).eval())
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # --------------------------------------------------------------------------------------------- fitting
