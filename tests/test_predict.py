@@ -204,6 +204,11 @@ def test_cli_predict_a_folder_writes_a_csv_and_what_the_model_saw(model, tmp_pat
     assert correct >= 6
     saved = sorted(prepared.glob("*.png"))
     assert len(saved) == 8 and Image.open(saved[0]).size == (28, 28)
+    before = {p.name: p.read_bytes() for p in saved}
+    r = runner.invoke(app, ["predict", str(model.run), str(model.images), "--save-prepared", str(prepared)])
+    assert r.exit_code == 2, r.output  # a second run into the same folder adds numbered files, replaces none
+    assert {p.name: p.read_bytes() for p in prepared.glob("*.png") if p.name in before} == before
+    assert len(list(prepared.glob("*.png"))) == 16
 
 
 def test_cli_predict_bad_inputs_are_one_line(model, tmp_path: Path) -> None:

@@ -99,3 +99,33 @@ def test_a_run_is_locked_while_a_process_trains_in_it(tmp_path: Path) -> None:
     with run.locked():  # a killed holder's lock is free again
         assert (run.path / RunDir.HOLDER).read_text().split()[0] == str(os.getpid())
     assert not (run.path / RunDir.HOLDER).exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["data", "explore", "--out", "{run}"],
+    ["data", "explore", "--out", "{run}/checkpoint"],
+    ["compare", "{run}", "--out", "{run}"],
+    ["tune", "--out", "{run}"],
+    ["train", "--out", "{run}"],
+    ["predict", "{run}", "{image}", "--save-prepared", "{run}"],
+])
+def test_folder_outputs_are_refused_inside_a_run(tmp_path: Path, command: list[str]) -> None:
+    run = _fake_run(tmp_path / "run")
+    image = tmp_path / "digit.png"
+    image.write_bytes(b"not read: the folder is refused first")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    result = runner.invoke(app, [a.format(run=run, image=image) for a in command])
+    assert result.exit_code == 2, result.output
+    assert "inside the run directory" in result.stderr and result.stderr.count("\n") == 1
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_folder_outputs_under_export_or_eval_are_allowed(tmp_path: Path) -> None:
+    from digitlab.core.rundir import check_output_dir
+
+    run = _fake_run(tmp_path / "run")
+    check_output_dir(run / "eval" / "explore")
+    check_output_dir(run / "export")
+    check_output_dir(tmp_path / "elsewhere")
+    with pytest.raises(OutputError, match="inside the run directory"):
+        check_output_dir(run / "export" / ".." / "checkpoint")

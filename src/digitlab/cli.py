@@ -228,6 +228,7 @@ def data_explore(
     """Exploration figures (samples, class distribution, mean images, pixel histogram, ink, PCA)."""
     from digitlab.data.explore import explore_dataset  # matplotlib and scikit-learn: load on demand
 
+    _refuse_run_folder(out_dir)
     summary = explore_dataset(load_dataset(dataset, data_dir, show_progress=True), out_dir, seed=seed)
     out.print(f"[bold]{summary['dataset']}[/]: figures and summary.json written to {out_dir}/")
     for path in summary["figures"].values():
@@ -298,6 +299,7 @@ def train(
         return
     if resume is not None and sets:
         raise typer.BadParameter("--resume continues a run with its own config: drop --set and --seed")
+    _refuse_run_folder(out_root)
     if nproc is not None:  # run this same command as N ranks, once the config is known to be good
         from digitlab.core.rundir import RunDir
         from digitlab.models.registry import make_config
@@ -414,6 +416,7 @@ def compare(
     """Rank evaluated runs: accuracy, F1, size, training and inference speed, calibration."""
     from digitlab.evaluation.compare import compare_runs, leaderboard_markdown
 
+    _refuse_run_folder(out_dir)
     board = compare_runs(list(runs), out=out_dir, log=_log, device=device)
     out.print(leaderboard_markdown(board["rows"], board["recommendations"]), highlight=False, markup=False)
     out.print(f"written: {out_dir}")
@@ -473,6 +476,7 @@ def predict(
     from digitlab.inference.batch import save_prepared as save_image
 
     _refuse_existing(csv_path, force)  # before any work, not after minutes of it
+    _refuse_run_folder(save_prepared)
     predictor = Predictor.from_path(model, backend=backend)
     if predictor.rejection is None and min_confidence is None:
         err.print(f"note: {model} has no rejection fitted (`digitlab calibrate RUN`): every image with a digit-like "
@@ -518,6 +522,14 @@ def predict(
                    no_digit=sum(not r.prepared.found for r in readable), unreadable=len(single_bad))
     if single_bad:
         raise typer.Exit(EXIT_USAGE)
+
+
+def _refuse_run_folder(folder: Path | None) -> None:
+    """Never a folder of outputs inside a run directory, except its export/ and eval/ (core.rundir)."""
+    from digitlab.core.rundir import check_output_dir
+
+    if folder is not None:
+        check_output_dir(folder)
 
 
 def _refuse_existing(path: Path | None, force: bool) -> None:
@@ -762,6 +774,7 @@ def tune(
     if list_all:
         _print_named(list_spaces(), "search spaces (digitlab tune --space NAME)")
         return
+    _refuse_run_folder(out_root)
     opts = TuneOptions(recipe=recipe, space=space, trials=trials, timeout=timeout, storage=storage, study=study,
                        n_jobs=n_jobs, sampler=sampler, pruner=pruner, resume=resume, overrides=list(overrides or []),
                        out_root=str(out_root), seed=seed, worker=worker)

@@ -164,6 +164,22 @@ def enclosing_run(path: str | os.PathLike[str]) -> Path | None:
     return next((p for p in (resolved, *resolved.parents) if RunDir.is_run(p)), None)
 
 
+def check_output_dir(folder: str | os.PathLike[str]) -> None:
+    """Refuse ``folder`` as the folder a command writes its files into (or its new run or study folder
+    under), when it is a run directory or inside one other than under ``RUN/export/`` or ``RUN/eval/``.
+
+    Raises:
+        OutputError: the folder is a run's own.
+    """
+    folder = Path(folder)
+    run = enclosing_run(folder)
+    if run is not None:
+        inside = folder.resolve().relative_to(run).parts
+        if not inside or inside[0] not in RUN_OUTPUT_DIRS:
+            raise OutputError(f"{folder}: inside the run directory {run}, whose own files no command replaces; "
+                              f"write under {run}/export/, {run}/eval/ or elsewhere")
+
+
 def check_output(target: str | os.PathLike[str], *, force: bool = False) -> None:
     """Refuse ``target`` as the file a command was told to write, before any work.
 
@@ -175,11 +191,6 @@ def check_output(target: str | os.PathLike[str], *, force: bool = False) -> None
         OutputError: the target is one of a run's own files, or exists and ``force`` is False.
     """
     target = Path(target)
-    run = enclosing_run(target)
-    if run is not None:
-        inside = target.resolve().relative_to(run).parts
-        if not inside or inside[0] not in RUN_OUTPUT_DIRS:
-            raise OutputError(f"{target}: inside the run directory {run}, whose own files no command replaces; "
-                              f"write under {run}/export/, {run}/eval/ or elsewhere")
+    check_output_dir(target)
     if target.exists() and not force:
         raise OutputError(f"{target}: already exists (--force replaces it)")

@@ -108,7 +108,7 @@ def write_csv(path: str | os.PathLike[str], results: Iterable[ImagePrediction | 
 def save_prepared(item: ImagePrediction, folder: str | os.PathLike[str], *,
                   taken: set[str] | None = None) -> Path | None:
     """Write the 28x28 image the model saw as ``folder/<stem>.png`` (a number added when the name is
-    taken); None when no digit was found."""
+    taken, in ``taken`` or on disk: an existing file is never replaced); None when no digit was found."""
     if item.prepared.image is None:
         return None
     out = Path(folder)
@@ -116,7 +116,7 @@ def save_prepared(item: ImagePrediction, folder: str | os.PathLike[str], *,
     stem = Path(item.source).stem or "image"
     name, n = f"{stem}.png", 1
     used = taken if taken is not None else set()
-    while name in used or (taken is None and (out / name).exists()):
+    while name in used or (out / name).exists():
         n += 1
         name = f"{stem}-{n}.png"
     used.add(name)

@@ -49,6 +49,7 @@ from digitlab import __version__
 from digitlab.inference import ImageError, ImagePrediction, Predictor, PredictorError, Prepared, read_digits
 from digitlab.inference.prepare import Polarity
 from digitlab.serve.batching import ImageJob, MicroBatcher
+from digitlab.serve.memory import fix_allocator_thresholds
 from digitlab.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -443,6 +444,15 @@ async def _answered(settings: ServeSettings, work: Awaitable[T]) -> T:
         raise ClientError(422, one_line(str(e))) from None
 
 
+def warm_up(predictor: Predictor) -> None:
+    """Read one small line before serving: the first client does not wait for the string reader's imports
+    and the model's first call, and a memory measurement taken after start-up sees only what requests add."""
+    line = np.zeros((28, 64), np.float32)
+    line[6:22, 12:15] = 1.0  # two upright strokes, two pieces for the reader
+    line[6:22, 44:47] = 1.0
+    read_digits(line, predictor, polarity="light-on-dark")
+
+
 def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | None = None) -> FastAPI:
     """The service for ``settings.model`` (loaded once, in the lifespan), or for ``predictor`` when given.
 
@@ -453,10 +463,12 @@ def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        fix_allocator_thresholds()  # large decoded images must not ratchet the heap up
         if app.state.predictor is None:
             if settings.model is None:
                 raise PredictorError(f"no model: pass one or set {settings.model_config['env_prefix']}MODEL")
             app.state.predictor = await run_in_threadpool(Predictor.from_path, settings.model)
+        await run_in_threadpool(warm_up, app.state.predictor)
         yield
         if getattr(app.state, "batcher", None) is not None:
             await app.state.batcher.close()
