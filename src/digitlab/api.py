@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from digitlab.core.config import RunConfig
+    from digitlab.data.labelled import UserDigits
     from digitlab.inference.rejection import Rejection
     from digitlab.training.trainer import TrainResult
 
@@ -34,10 +36,46 @@ def _override_strings(overrides: Mapping[str, Any] | Sequence[str] | None) -> li
     return [str(expr) for expr in overrides]
 
 
+def prepare_finetune(init: str | os.PathLike[str], images: str | os.PathLike[str], overrides: Sequence[str] = (),
+                     log: Callable[[str], None] | None = None) -> tuple["RunConfig", "UserDigits"]:
+    """The config of a run fine-tuned from ``init`` and the user's digits from ``images``, prepared with the init
+    run's spec and split into training and held-out validation digits (what ``train(init=..., images=...)`` and
+    ``digitlab train --init RUN --images DIR`` train on).
+
+    Raises:
+        FinetuneError: ``init`` is not a finished torch run. LabelledFolderError: a bad labelled folder.
+        ConfigError: a bad override.
+    """
+    from digitlab.data.labelled import split_user_digits
+    from digitlab.inference.labelled import read_labelled_folder
+    from digitlab.training.finetune import finetune_config, init_spec
+
+    spec = init_spec(init)
+    folder = read_labelled_folder(images, spec)
+    cfg = finetune_config(init, images=images, n_images=folder.counts(), n_not_found=len(folder.not_found),
+                          overrides=list(overrides))
+    assert cfg.finetune is not None
+    digits = split_user_digits(folder.images, folder.labels, spec, val_fraction=cfg.finetune.val_fraction,
+                               seed=cfg.seed)
+    if log:
+        skipped = f"; {len(folder.not_found)} image(s) with no digit found left out (e.g. {folder.not_found[0]})" \
+            if folder.not_found else ""
+        log(f"user digits: {len(digits.train_labels)} to train on, {len(digits.val_labels)} held out for "
+            f"validation{skipped}")
+    return cfg, digits
+
+
 def train(recipe: str = "default", overrides: Mapping[str, Any] | Sequence[str] | None = None, *,
           out: str | os.PathLike[str] = "runs", seed: int | None = None, calibrate: bool = True,
-          show_progress: bool = False, log: Callable[[str], None] | None = None) -> "TrainResult":
+          show_progress: bool = False, log: Callable[[str], None] | None = None,
+          init: str | os.PathLike[str] | None = None, images: str | os.PathLike[str] | None = None) -> "TrainResult":
     """Train a recipe into a new run directory, then fit its rejection, as ``digitlab train`` does.
+
+    With ``init`` and ``images``, fine-tune the trained run ``init`` on the labelled folder ``images``
+    (sub-folders ``0``-``9``, image files inside), mixed with MNIST training digits, into a new run whose
+    config records its parent (``finetune:``); the architecture, preprocessing and recipe come from
+    ``init`` (``recipe`` is not used), with fine-tuning defaults (docs/decisions.md#fine-tuning) that
+    ``overrides`` can change.
 
     Args:
         recipe: a shipped recipe's name (``digitlab train --list-recipes``) or a YAML file.
@@ -48,23 +86,35 @@ def train(recipe: str = "default", overrides: Mapping[str, Any] | Sequence[str] 
             (``digitlab.inference.rejection.calibrate_run``) on the training and validation data.
         show_progress: progress bars on stderr.
         log: receives one line per epoch and per calibration step.
+        init: a finished torch run to fine-tune (with ``images``).
+        images: the user's labelled folder (with ``init``).
 
     Returns:
         The ``TrainResult``: ``run_dir``, best validation accuracy, test accuracy, timings.
 
     Raises:
-        DigitlabError: a bad recipe or key, missing data, an unusable run directory (one line each).
+        DigitlabError: a bad recipe or key, missing data, an unusable run directory, a bad ``init`` run or
+            labelled folder (one line each).
 
     Example::
 
         result = train("fast", {"train.epochs": 1, "data.train_subset": 2000}, out="/tmp/runs", seed=0)
         print(result.run_dir, result.test_acc)
+        adapted = train(init=result.run_dir, images="my_digits/", overrides={"train.epochs": 2}, out="/tmp/runs")
+        print(Predictor.from_path(adapted.run_dir).predict_image("my_digits/7/a.png").label)
     """
     from digitlab.training import config_from_recipe, train_run
     from digitlab.training.distributed import is_main_process
+    from digitlab.training.finetune import FinetuneError
 
     sets = _override_strings(overrides) + ([f"seed={seed}"] if seed is not None else [])
-    result = train_run(config_from_recipe(recipe, sets), out_root=out, show_progress=show_progress, log=log)
+    if (init is None) != (images is None):
+        raise FinetuneError("fine-tuning needs both init (a trained run) and images (a labelled folder)")
+    if init is not None and images is not None:
+        cfg, digits = prepare_finetune(init, images, sets, log=log)
+        result = train_run(cfg, out_root=out, show_progress=show_progress, log=log, user_digits=digits)
+    else:
+        result = train_run(config_from_recipe(recipe, sets), out_root=out, show_progress=show_progress, log=log)
     if calibrate and is_main_process():  # under torchrun, rank 0 alone writes the run
         from digitlab.inference.rejection import calibrate_run
 

@@ -282,9 +282,15 @@ def train(
     calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="Fit the rejection (temperature, "
                                             "thresholds, non-digit detector) at the end, as `digitlab calibrate` "
                                             "does.")] = True,
+    init: Annotated[Path | None, typer.Option("--init", help="Fine-tune this trained run (its architecture, "
+                                              "preprocessing and recipe) on --images, into a new run.")] = None,
+    images: Annotated[Path | None, typer.Option("--images", help="With --init: a labelled folder of your digits "
+                                                "(sub-folders 0-9, image files inside).")] = None,
 ) -> None:
     """Train a recipe into a new run directory; print its best validation and its test accuracy.
 
+    With --init RUN --images DIR, fine-tune RUN on your own labelled digits mixed with MNIST's
+    (docs/decisions.md#fine-tuning); the new run's config.yaml records RUN (finetune:).
     Also runs unchanged under torchrun (torchrun --nproc-per-node N -m digitlab train ...).
     """
     from digitlab.training import config_from_recipe, list_recipes, resume_run, train_run
@@ -299,6 +305,10 @@ def train(
         return
     if resume is not None and sets:
         raise typer.BadParameter("--resume continues a run with its own config: drop --set and --seed")
+    if (init is None) != (images is None):
+        raise typer.BadParameter("--init RUN and --images DIR go together (fine-tune RUN on your labelled digits)")
+    if init is not None and (resume is not None or recipe != "default"):
+        raise typer.BadParameter("--init takes the recipe from RUN: drop --recipe and --resume (--set still works)")
     _refuse_run_folder(out_root)
     if nproc is not None:  # run this same command as N ranks, once the config is known to be good
         from digitlab.core.rundir import RunDir
@@ -306,18 +316,28 @@ def train(
 
         if resume is not None:
             RunDir.open(resume)
+        elif init is not None:
+            from digitlab.training.finetune import init_spec
+
+            init_spec(init)
         else:
             cfg = config_from_recipe(recipe, sets)
             make_config(cfg.model.name, **cfg.model.args)
         args = ["train", "--recipe", recipe, "--out", str(out_root), *(a for s in sets for a in ("--set", s))]
         args += (["--resume", str(resume)] if resume is not None else []) + (["--quiet"] if quiet else [])
         args += [] if calibrate else ["--no-calibrate"]
+        args += ["--init", str(init), "--images", str(images)] if init is not None else []
         launch_local(nproc, args)
         return
     # One line per epoch always; the live bar only on a terminal (in a log file it is noise).
     show_bar = not quiet and sys.stderr.isatty()
     if resume is not None:
         result = resume_run(resume, show_progress=show_bar, log=_log)
+    elif init is not None and images is not None:
+        from digitlab.api import prepare_finetune
+
+        cfg, digits = prepare_finetune(init, images, sets, log=_log)
+        result = train_run(cfg, out_root=out_root, show_progress=show_bar, log=_log, user_digits=digits)
     else:
         result = train_run(config_from_recipe(recipe, sets), out_root=out_root, show_progress=show_bar, log=_log)
     if not is_main_process():  # the other ranks of a data-parallel run say nothing

@@ -105,6 +105,21 @@ class TrainSection(_Strict):
     dist_timeout: float = Field(300.0, gt=0, description="seconds a rank waits for the others before the job fails")
 
 
+class FinetuneSection(_Strict):
+    """Where a fine-tuned run (``digitlab train --init RUN --images DIR``) came from, and how the user's digits
+    were mixed in (docs/decisions.md#fine-tuning)."""
+
+    init: str = Field(description="the run whose weights training started from")
+    init_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the init run's model.safetensors")
+    images: str = Field(description="the labelled folder of the user's digits (sub-folders 0-9)")
+    n_images: dict[str, int] = Field(description="user digits used per class (those where a digit was found)")
+    n_not_found: int = Field(0, ge=0, description="user images where no digit was found (left out)")
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="share of each class's user digits held out for "
+                                "validation (when every class has enough)")
+    user_share: float = Field(0.25, gt=0, lt=1, description="share of the training set made of the user's digits "
+                              "(repeated to reach it)")
+
+
 class RunConfig(_Strict):
     """Everything needed to reproduce a run."""
 
@@ -117,6 +132,7 @@ class RunConfig(_Strict):
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     augment: AugmentSection = Field(default_factory=AugmentSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    finetune: FinetuneSection | None = None  # set by ``train --init RUN --images DIR``
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -343,6 +343,7 @@ def calibrate_run(run_path: str | os.PathLike[str], *, device: str = "auto", dat
     Raises:
         RejectionError, RunDirError, PredictorError, DataError: one line each.
     """
+    from digitlab.data.labelled import USER_DIGITS_FILE, load_user_digits
     from digitlab.data.loading import load_dataset
     from digitlab.data.splits import run_split
     from digitlab.inference.predictor import Predictor
@@ -360,10 +361,17 @@ def calibrate_run(run_path: str | os.PathLike[str], *, device: str = "auto", dat
                              f"{predictor.n_classes}")
     train_idx, val_idx = run_split(ds.train_labels, n_val=cfg.data.n_val, seed=cfg.data.split_seed,
                                    train_subset=cfg.data.train_subset)  # the digits training used
-    rejection = fit_rejection(predictor, val_images=ds.train_images[val_idx], val_labels=ds.train_labels[val_idx],
-                              train_digits=ds.train_images[train_idx], seed=cfg.seed,
-                              fitted_on=f"{dataset} validation split ({len(val_idx):,} images, seed "
-                                        f"{cfg.data.split_seed})", show_progress=show_progress, log=log)
+    val_images, val_labels = ds.train_images[val_idx], ds.train_labels[val_idx]
+    train_digits = ds.train_images[train_idx]
+    fitted_on = f"{dataset} validation split ({len(val_idx):,} images, seed {cfg.data.split_seed})"
+    if cfg.finetune is not None and run.file(USER_DIGITS_FILE).is_file():  # a fine-tuned run: the user's digits too
+        user = load_user_digits(run.file(USER_DIGITS_FILE))
+        val_images, val_labels = np.concatenate([val_images, user.val_images]), np.concatenate([val_labels,
+                                                                                               user.val_labels])
+        train_digits = np.concatenate([train_digits, user.train_images])
+        fitted_on += f" and {len(user.val_labels):,} held-out user digits"
+    rejection = fit_rejection(predictor, val_images=val_images, val_labels=val_labels, train_digits=train_digits,
+                              seed=cfg.seed, fitted_on=fitted_on, show_progress=show_progress, log=log)
     save_rejection(run.file(REJECTION_FILE), rejection)
     return rejection
 

@@ -49,6 +49,7 @@ from digitlab.core.errors import DigitlabError
 from digitlab.core.fileio import atomic_path
 from digitlab.core.rundir import RunDir, RunDirError
 from digitlab.data.batching import BatchLoader
+from digitlab.data.labelled import USER_DIGITS_FILE, UserDigits, load_user_digits, mix_user_digits, save_user_digits
 from digitlab.data.loading import Dataset, load_dataset
 from digitlab.data.nondigits import cached_nondigits
 from digitlab.data.preprocess import PreprocessSpec, compute_preprocess_spec
@@ -57,6 +58,7 @@ from digitlab.models.registry import count_parameters, create_model, get_entry, 
 from digitlab.models.runtime import autocast_dtype, predict_logits, resolve_device
 from digitlab.training.augment import build_augmenter
 from digitlab.training.distributed import Dist, DistributedError, env_dist, init_distributed, shutdown
+from digitlab.training.finetune import FinetuneError, load_init_weights
 from digitlab.training.optim import build_optimizer, build_scheduler
 
 CHECKPOINT_FILE = "state.pt"
@@ -200,6 +202,16 @@ def prepare_split(cfg: RunConfig, ds: Dataset) -> Split:
                  ds.train_labels[val_idx], ds.test_images, ds.test_labels)
 
 
+def _with_user_digits(split: Split, digits: UserDigits, user_share: float) -> Split:
+    """A fine-tuning split: the user's training digits repeated into the training set, theirs held out added to
+    validation (so the best epoch is chosen on both); the test split stays MNIST's."""
+    train_images, train_labels = mix_user_digits(split.train_images, split.train_labels, digits,
+                                                 user_share=user_share)
+    return Split(train_images, train_labels, np.concatenate([split.val_images, digits.val_images]),
+                 np.concatenate([split.val_labels, digits.val_labels.astype(split.val_labels.dtype)]),
+                 split.test_images, split.test_labels)
+
+
 def _accuracy_and_loss(logits: torch.Tensor, labels: np.ndarray) -> tuple[float, float, int]:
     y = torch.as_tensor(labels, dtype=torch.int64)
     if len(y) == 0:
@@ -222,6 +234,8 @@ def _model_json(cfg: RunConfig, ds: Dataset, spec: PreprocessSpec, n_params: int
         "class_names": list(ds.spec.class_names),
         "dataset": ds.spec.name,
         "preprocess": spec.model_dump(mode="json"),
+        **({"finetuned_from": cfg.finetune.model_dump(mode="json", include={"init", "init_sha256", "images",
+                                                                          "n_images"})} if cfg.finetune else {}),
     }
 
 
@@ -285,6 +299,7 @@ def train_run(
     log: Callable[[str], None] | None = None,
     callbacks: Sequence[EpochCallback] = (),
     evaluate_test: bool = True,
+    user_digits: UserDigits | None = None,
 ) -> TrainResult:
     """Train ``cfg`` into a new run directory (or continue ``run`` when ``resume``).
 
@@ -297,6 +312,8 @@ def train_run(
         log: receives one line per epoch (for ``--quiet``).
         callbacks: ``fn(EpochEnd)`` after each epoch's checkpoint is written.
         evaluate_test: measure the test split once at the end; False leaves it unread (tuning).
+        user_digits: a fine-tuning run's (``cfg.finetune``) prepared user digits; kept in the run directory, from
+            where a resumed run reads them.
 
     Everything that can fail on the config (data, split, model, batches, optimizer, schedule) runs before a new
     run directory is created; while it trains, the run is locked (``RunDir.locked``); SIGTERM ends it as
@@ -325,11 +342,22 @@ def train_run(
                 held.enter_context(run.locked())
             ds = load_dataset(cfg.data.dataset, cfg.data.data_dir)
             split = prepare_split(cfg, ds)
-            spec = compute_preprocess_spec(split.train_images, dataset=ds.spec.name)
+            if cfg.finetune is not None:  # the init run's spec and weights; the user's digits mixed in
+                if user_digits is None:
+                    if run is None:
+                        raise FinetuneError("a fine-tuning config (finetune:) needs the user's digits: use "
+                                            "digitlab train --init RUN --images DIR")
+                    user_digits = load_user_digits(run.file(USER_DIGITS_FILE))
+                split = _with_user_digits(split, user_digits, cfg.finetune.user_share)
+                spec = user_digits.spec
+            else:
+                spec = compute_preprocess_spec(split.train_images, dataset=ds.spec.name)
             model = create_model(cfg.model.name, **_model_kwargs(cfg, ds))
+            if cfg.finetune is not None and not resume:  # a resumed run takes its weights from its checkpoint
+                load_init_weights(model, cfg)
             setup = _setup_torch(cfg, split, spec, model, d, device) if entry.kind != "classical" else None
             if run is None:  # only now: a config that fails above leaves no run directory behind
-                tag = cfg.recipe if cfg.recipe != cfg.model.name else ""
+                tag = "finetune" if cfg.finetune is not None else cfg.recipe if cfg.recipe != cfg.model.name else ""
                 run = RunDir.create(out_root, model=cfg.model.name, tag=tag) if d.is_main else None
                 if run is not None:
                     held.enter_context(run.locked())
@@ -338,6 +366,8 @@ def train_run(
                 log(f"run directory: {run.path}" + (f" ({d.world_size} processes)" if d.enabled else ""))
             if not resume and d.is_main:
                 run.write_text(RunDir.CONFIG, dump_config(cfg))
+                if user_digits is not None and cfg.finetune is not None:
+                    save_user_digits(run.file(USER_DIGITS_FILE), user_digits)
             if setup is None:
                 return _train_classical(cfg, run, ds, split, spec, model, log, evaluate_test)
             return _train_torch(cfg, run, ds, split, spec, setup, d, device, resume=resume,
