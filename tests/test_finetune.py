@@ -72,12 +72,12 @@ def test_finetune_through_the_api_and_resume(init_run, labelled, tmp_path):
     from digitlab.api import train
     from digitlab.training import resume_run
 
-    result = train(init=init_run, images=labelled, overrides={"train.epochs": 2}, out=tmp_path, calibrate=False)
+    result = train(init=init_run, images=labelled, overrides={"train.epochs": 1}, out=tmp_path, calibrate=False)
     run = Path(result.run_dir)
     assert (run / "user_digits.safetensors").is_file()
     # Resuming a finished run replays nothing, but it must read the user's digits from the run, not the folder.
     again = resume_run(run, show_progress=False)
-    assert again.epochs_run == 2 and again.best_val_acc == pytest.approx(result.best_val_acc)
+    assert again.epochs_run == 1 and again.best_val_acc == pytest.approx(result.best_val_acc)
 
 
 def _bad(tmp_path: Path, init_run: Path, images: Path, needle: str) -> None:
@@ -122,7 +122,7 @@ def test_non_image_files(init_run, tmp_path, mnist_dataset):
     folder = write_labelled(tmp_path / "d", mnist_dataset.test_images, mnist_dataset.test_labels, per_class=3)
     (folder / "2" / "notes.txt").write_text("hello")
     (folder / "5" / "list.csv").write_text("a,b")
-    _bad(tmp_path, init_run, folder, "list.csv: not an image file and 1 other non-image file(s)")
+    _bad(tmp_path, init_run, folder, "notes.txt: not an image file and 1 other non-image file(s)")
 
 
 def test_unreadable_image(init_run, tmp_path, mnist_dataset):
@@ -148,10 +148,11 @@ def test_init_not_a_run(labelled, tmp_path):
 
 
 def test_init_classical_run(labelled, tmp_path, mnist_dataset):
-    from digitlab.training import config_from_recipe, train_run
+    from digitlab.core.config import resolve_config
+    from digitlab.training import train_run
 
-    result = train_run(config_from_recipe("fast", ["model.name=knn", "data.train_subset=500", "data.n_val=100"]),
-                       out_root=tmp_path / "classical", show_progress=False, evaluate_test=False)
+    cfg = resolve_config({"model": {"name": "knn"}, "data": {"train_subset": 500, "n_val": 100}})
+    result = train_run(cfg, out_root=tmp_path / "classical", show_progress=False, evaluate_test=False)
     _bad(tmp_path, Path(result.run_dir), labelled, "is a classical model")
 
 
