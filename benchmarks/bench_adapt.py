@@ -167,7 +167,7 @@ def plot(folds: list[dict], path: Path) -> None:
     ax.set_ylabel("top-1 accuracy on unseen writers, %")
     ax.set_title("cvl-valid: adaptation with writer-disjoint folds")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

@@ -68,16 +68,37 @@ def test_finetune_writes_a_run_that_records_its_parent_and_predicts(init_run, la
     assert predictor.predict_image(labelled / "3" / "0.png").label in [str(d) for d in range(10)]
 
 
-def test_finetune_through_the_api_and_resume(init_run, labelled, tmp_path):
+def test_finetune_through_the_api(init_run, labelled, tmp_path):
     from digitlab.api import train
-    from digitlab.training import resume_run
 
     result = train(init=init_run, images=labelled, overrides={"train.epochs": 1}, out=tmp_path, calibrate=False)
     run = Path(result.run_dir)
     assert (run / "user_digits.safetensors").is_file()
-    # Resuming a finished run replays nothing, but it must read the user's digits from the run, not the folder.
-    again = resume_run(run, show_progress=False)
-    assert again.epochs_run == 1 and again.best_val_acc == pytest.approx(result.best_val_acc)
+    assert yaml.safe_load((run / "config.yaml").read_text())["finetune"]["init"] == str(init_run.resolve())
+
+
+def test_interrupted_finetune_resumes_without_the_folder(init_run, tmp_path, mnist_dataset):
+    import shutil
+
+    from digitlab.api import prepare_finetune
+    from digitlab.training import resume_run, train_run
+    from digitlab.training.trainer import TrainingInterrupted
+
+    folder = write_labelled(tmp_path / "d", mnist_dataset.test_images, mnist_dataset.test_labels, per_class=3)
+    cfg, digits = prepare_finetune(init_run, folder, ["train.epochs=2"])
+    assert len(digits.val_labels) == 0  # 3 a class is too few to hold any out
+
+    def stop(end) -> None:
+        if end.epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        train_run(cfg, out_root=tmp_path / "runs", show_progress=False, evaluate_test=False, user_digits=digits,
+                  callbacks=[stop])
+    shutil.rmtree(folder)  # resuming reads the prepared digits kept in the run, not the folder
+    (run,) = (tmp_path / "runs").iterdir()
+    result = resume_run(run, show_progress=False, evaluate_test=False)
+    assert result.epochs_run == 2 and len((run / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def _bad(tmp_path: Path, init_run: Path, images: Path, needle: str) -> None:
