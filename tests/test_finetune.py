@@ -99,6 +99,7 @@ def test_interrupted_finetune_resumes_without_the_folder(init_run, tmp_path, mni
     (run,) = (tmp_path / "runs").iterdir()
     result = resume_run(run, show_progress=False, evaluate_test=False)
     assert result.epochs_run == 2 and len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    assert result.best_epoch == 2  # a fine-tune keeps its last epoch
 
 
 def _bad(tmp_path: Path, init_run: Path, images: Path, needle: str) -> None:

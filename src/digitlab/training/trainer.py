@@ -7,7 +7,7 @@ Usage::
 
 Neural models: seeded batches from memory, optional batch augmentation, a per-step lr schedule,
 label smoothing, gradient clipping, an EMA of the weights, early stopping on validation, bf16
-autocast where it pays. The weights kept are those of the best validation epoch; the test split
+autocast where it pays. The weights kept are those of the best validation epoch (a fine-tune's last); the test split
 is evaluated once, at the end, and chooses nothing. Classical models are fitted on the same
 training split and saved with skops.
 
@@ -578,7 +578,9 @@ def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: P
         elapsed += train_seconds
         val_acc, val_loss = _validate(eval_model, split, spec, d, device, t, amp)
         epochs_run = epoch + 1
-        if math.isnan(val_acc) or val_acc > best_acc:
+        # A fine-tune keeps its last epoch: MNIST's validation digits outweigh the user's few and would choose the
+        # least adapted one (docs/decisions.md#fine-tuning).
+        if math.isnan(val_acc) or val_acc > best_acc or cfg.finetune is not None:
             best_acc, best_epoch, stale = val_acc, epoch + 1, 0
             best_state = {k: v.detach().cpu().clone() for k, v in eval_model.state_dict().items()}
         else:
