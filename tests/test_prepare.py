@@ -610,6 +610,42 @@ def _lighting(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     return encode(Image.fromarray(np.clip(photo, 0, 255).round().astype(np.uint8)))
 
 
+def _with_lines(digit: np.ndarray, rng: np.random.Generator, kind: str) -> bytes:
+    """The digit at 4x on paper with ruled lines, a grid, or a comb-field box (1-3 px grey lines)."""
+    pad = 40
+    page = np.full((UP + 2 * pad, UP + 2 * pad), 235.0)
+    page[pad:pad + UP, pad:pad + UP] -= _up(digit) * 0.85
+    lines = np.zeros_like(page, dtype=bool)
+    width, step = int(rng.integers(1, 4)), int(rng.integers(30, 42))
+    if kind in ("ruled", "grid"):
+        for at in range(int(rng.integers(0, step)), page.shape[0], step):
+            lines[at:at + width, :] = True
+            if kind == "grid":
+                lines[:, at:at + width] = True
+    else:  # a box a few px around the digit's ink, and the walls of the cells beside it
+        ys, xs = np.nonzero(_up(digit) > 60)
+        top, bottom = pad + ys.min() - int(rng.integers(2, 12)), pad + ys.max() + int(rng.integers(2, 12))
+        left, right = pad + xs.min() - int(rng.integers(2, 12)), pad + xs.max() + int(rng.integers(2, 12))
+        lines[top:top + width, :] = lines[bottom:bottom + width, :] = True
+        for x in (left, right, 2 * left - right, 2 * right - left):
+            if 0 <= x < page.shape[1]:
+                lines[top:bottom + width, x:x + width] = True
+    page = np.where(lines, np.minimum(page, 130), page)
+    return encode(Image.fromarray(np.clip(page, 0, 255).round().astype(np.uint8)))
+
+
+def _frame_filling(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """The digit's ink box scaled (aspect kept) to fill a 16x16 frame, shown at 8x: its ink touches the edges."""
+    ys, xs = np.nonzero(digit > 30)
+    crop = digit[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    h, w = crop.shape
+    size = (max(1, round(16 * w / max(h, w))), max(1, round(16 * h / max(h, w))))
+    small = np.zeros((16, 16), np.uint8)
+    top, left = (16 - size[1]) // 2, (16 - size[0]) // 2
+    small[top:top + size[1], left:left + size[0]] = np.asarray(Image.fromarray(crop).resize(size, Image.BILINEAR))
+    return encode(_paper(np.asarray(Image.fromarray(small).resize((128, 128), Image.BILINEAR), np.float64) * 0.8))
+
+
 # name -> (digit, rng) -> file bytes; the renderings the issue lists, as the benchmark draws them
 RENDERINGS: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
     "ink-on-white-png": lambda d, rng: encode(Image.fromarray(255 - d)),
@@ -619,10 +655,14 @@ RENDERINGS: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
     "thick": lambda d, rng: encode(_paper(ndi.grey_dilation(_up(d), size=(7, 7)))),
     "rgba-transparent": lambda d, rng: encode(_rgba(d, BLACK)),
     "lighting-noise": _lighting,
+    "ruled": lambda d, rng: _with_lines(d, rng, "ruled"),
+    "grid": lambda d, rng: _with_lines(d, rng, "grid"),
+    "boxed": lambda d, rng: _with_lines(d, rng, "boxed"),
+    "frame-filling": _frame_filling,
 }
 # least mean correlation (best over 1-pixel shifts) of the prepared digits with the MNIST originals; thin
 # and thick moved every stroke edge by 1.5 px themselves (measured: 0.90-0.91, 0.86; the others 0.88-0.99)
-LEAST_CORR = {"thin": 0.8, "thick": 0.8}
+LEAST_CORR = {"thin": 0.8, "thick": 0.8, "frame-filling": 0.8}
 LEAST_CORR_DEFAULT = 0.85
 
 

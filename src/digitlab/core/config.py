@@ -43,6 +43,8 @@ class DataSection(_Strict):
     n_val: int = Field(5000, ge=0)
     split_seed: int = 0
     train_subset: int | None = Field(None, ge=1, description="use only the first N training images (quick runs)")
+    synthetic_styles: int = Field(0, ge=0, le=1_000_000, description="synthetic digits in writing styles MNIST "
+                                  "lacks (continental 1, crossed 7, open 4: data.styles) added to the training set")
 
 
 class OptimSection(_Strict):

@@ -67,6 +67,18 @@ SPECK_FRACTION = 0.06  # components smaller than this share of the largest are s
 SCATTER_COVER = 0.5  # ink over half the image is noise or texture, not a digit (docs/decisions.md#scattered-ink)
 SCATTER_PIECES = 40  # ...and so is ink in this many pieces with over 10% of it in specks
 _SUPER = 4  # fitting works at 4x the final resolution
+# Printed lines (docs/decisions.md#printed-lines): a straight run LINE_SPAN of the image's side long and
+# under LINE_THIN times as thick as the other strokes; two or more runs across FULL_SPAN of it, no thicker
+# than the strokes; a box's wall, a thin vertical run WALL_SPAN of the space between two found rules. Not
+# looked for under LINE_MIN_SIDE px (a 28x28 crop's stem would pass for a rule).
+LINE_SPAN = 0.4
+LINE_THIN = 0.7
+FULL_SPAN = 0.9
+WALL_SPAN = 0.8
+LINE_MIN_SIDE = 48
+# Ink over this share of the image, when the usual background fit finds none, is a digit filling its frame
+# (a postal scan): read again with a flat background (docs/decisions.md#frame-filling-digits).
+FILLED_SHARE = 0.25
 WORK_SIDE = 320  # larger images are block-averaged down to this longest side before anything else
 
 
@@ -313,22 +325,44 @@ def _noise(x: np.ndarray) -> float:
 
 def ink_map(gray: np.ndarray, polarity: Polarity = "auto") -> Ink:
     """Grayscale in [0, 1] -> light ink on a zero background, contrast-stretched (steps 2 of the module doc)."""
-    from scipy import ndimage as ndi
-
     if polarity not in POLARITIES:
         raise ImageError(f"polarity {polarity!r}: choose from {', '.join(POLARITIES)}")
     edge = float(np.median(_border(gray)))
     inverted = polarity == "dark-on-light" or (polarity == "auto" and edge > 0.5)
     x = 1.0 - gray if inverted else gray.copy()
+    ink = _ink(x, edge if not inverted else 1.0 - edge, inverted, filled=False)
+    if not ink.found and min(x.shape) >= 48:
+        paper = x <= _otsu(x)
+        if 1.0 - float(paper.mean()) > FILLED_SHARE and paper.sum() >= 16:  # much ink and none found: a digit that fills its frame
+            filled = _ink(x, float(np.median(x[paper])), inverted, filled=True)
+            return filled if filled.found else ink
+    return ink
+
+
+def _ink(x: np.ndarray, level: float, inverted: bool, *, filled: bool) -> Ink:
+    """``ink_map`` after the polarity: ``level`` is the paper's level when the background is taken as flat.
+
+    ``filled``: the digit fills its frame, so the darker half of the pixels (which the quadratic background
+    fit takes for paper), the border and the quartiles are ink: a flat background at ``level``, and the
+    noise measured on the pixels under Otsu's threshold only.
+    """
+    from scipy import ndimage as ndi
+
     notes: list[str] = ["inverted"] if inverted else []
-    if min(x.shape) < 48:  # small: a flat background, the border's level (the same median, inverted or not)
-        x -= np.float32(1.0 - edge if inverted else edge)
-    else:
-        x = x - _background(x)
-    sigma = _noise(x)
+    paper = x <= _otsu(x) if filled else None
+    flat = min(x.shape) < 48 or filled  # small, or filled: a flat background (a smooth one from 48 px up)
+    x = x - np.float32(level) if flat else x - _background(x)
+    def noise(x: np.ndarray) -> float:
+        if paper is None or paper.sum() < 16:
+            return _noise(x)
+        return min(_noise(x), 1.4826 * float(np.median(np.abs(x[paper] - np.median(x[paper])))))
+
+    if paper is not None:
+        notes.append("fills its frame")
+    sigma = noise(x)
     if sigma > 0.02 and min(x.shape) >= 16:
         x = ndi.median_filter(x, size=3)
-        sigma = _noise(x)
+        sigma = noise(x)
         notes.append("denoised")
     np.clip(x, 0, None, out=x)
     if float(x.max(initial=0)) - float(x.min(initial=0)) < 1e-6:
@@ -345,6 +379,99 @@ def ink_map(gray: np.ndarray, polarity: Polarity = "auto") -> Ink:
         x[x < 0.5 * (t - base) / contrast] = 0
         notes.append("thresholded")
     return Ink(x, mask, inverted, True, tuple(notes), sigma / contrast)
+
+
+# ----------------------------------------------------------------------------------------- printed lines
+
+def _runs(mask: np.ndarray, length: int, axis: int) -> np.ndarray:
+    """Pixels of ``mask`` on a straight run at least ``length`` long along ``axis`` (1: horizontal), with a
+    pixel of tolerance across it (a scan's rule is rarely one row exactly)."""
+    from scipy import ndimage as ndi
+
+    across = (3, 1) if axis == 1 else (1, 3)
+    along = (1, length) if axis == 1 else (length, 1)
+    tolerant = ndi.binary_dilation(mask, structure=np.ones(across, bool))
+    return ndi.binary_opening(tolerant, structure=np.ones(along, bool)) & mask
+
+
+def _thickness(labels: np.ndarray, n: int, axis: int) -> np.ndarray:
+    """Each labelled run's thickness across ``axis``: the median over its length of the pixels across it (a
+    stroke that crosses a rule thickens it only where it crosses)."""
+    pos = np.nonzero(labels)
+    along = pos[axis]
+    counts = np.zeros((n + 1, labels.shape[axis]), np.int32)
+    np.add.at(counts, (labels[pos], along), 1)
+    return np.array([float(np.median(row[row > 0])) if row.any() else 0.0 for row in counts[1:]])
+
+
+def _cell_walls(mask: np.ndarray, lines: np.ndarray, stroke: float) -> np.ndarray:
+    """The vertical walls of a box or comb field whose rules were found: thin vertical runs nearly as long
+    as the space between two rules (shorter than ``LINE_SPAN`` of the image when the box is small)."""
+    from scipy import ndimage as ndi
+
+    rows = np.flatnonzero(lines.mean(axis=1) > 0.5)  # rows that a found rule crosses nearly whole
+    if len(rows) < 2:
+        return np.zeros_like(mask)
+    bands = np.split(rows, np.flatnonzero(np.diff(rows) > 1) + 1)
+    centres = np.array([band.mean() for band in bands])
+    if len(centres) < 2:
+        return np.zeros_like(mask)
+    gap = float(np.median(np.diff(centres)))
+    runs = _runs(mask, max(8, round(WALL_SPAN * gap)), 0)
+    labels, n = ndi.label(runs, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return np.zeros_like(mask)
+    return np.isin(labels, np.flatnonzero(_thickness(labels, n, 0) <= LINE_THIN * stroke) + 1)
+
+
+def remove_lines(ink: Ink) -> Ink:
+    """Ruled and grid lines and printed boxes taken out of the ink, strokes that cross them kept.
+
+    A printed line is a straight run (horizontal or vertical) at least ``LINE_SPAN`` of the image's side
+    long and thinner than ``LINE_THIN`` times the strokes of the ink that is not on such runs: the stem of
+    a 1 or a 4 is as long but as thick as the other strokes, a rule is thinner (docs/decisions.md#printed-lines).
+    Where a stroke crosses a removed line, the gap is closed across the line from the ink on both sides.
+    """
+    from scipy import ndimage as ndi
+
+    h, w = ink.mask.shape
+    if min(h, w) < LINE_MIN_SIDE or not ink.mask.any():
+        return ink
+    # a printed line fainter than the ink may fall under the Otsu threshold: look at faint ink too
+    mask = ink.mask | (ink.ink > max(FAINT_LEVEL, 3 * ink.noise))
+    found = [(axis, _runs(mask, max(8, round(LINE_SPAN * side)), axis)) for axis, side in ((1, w), (0, h))]
+    candidates = found[0][1] | found[1][1]
+    if not candidates.any():
+        return ink
+    lines = np.zeros_like(mask)
+    parts = []  # (axis, labels, thickness of each candidate run)
+    for axis, runs in found:
+        labels, n = ndi.label(runs, structure=np.ones((3, 3), bool))
+        slices = ndi.find_objects(labels)
+        across = np.array([(sl[axis].stop - sl[axis].start) / labels.shape[axis] for sl in slices])
+        parts.append((labels, _thickness(labels, n, axis), across))
+    rest = ink.mask & ~candidates
+    # the strokes' width from the ink off the runs; when a run is all there is (a 1 in a box), the thickest run
+    stroke = edge_width(rest) if rest.sum() >= 16 else max(float(t.max(initial=0)) for _, t, _ in parts)
+    for labels, thickness, span in parts:
+        # runs across the whole image, two or more side by side, are rules unless thicker than the strokes
+        full = span >= FULL_SPAN
+        thin = (thickness <= LINE_THIN * stroke) | (full & (full.sum() >= 2) & (thickness <= stroke))
+        lines |= np.isin(labels, np.flatnonzero(thin) + 1)
+    walls = _cell_walls(mask & ~lines, lines, stroke)
+    lines |= walls
+    if not lines.any():
+        return ink
+    kept = ink.ink * ~lines
+    # a stroke crossing a rule: close the gap across it (the greyest neighbour on both sides)
+    span = 2 * max(1, round(float(np.max(ndi.distance_transform_edt(lines))))) + 3
+    bridged = np.maximum(ndi.grey_closing(kept, size=(span, 1)), ndi.grey_closing(kept, size=(1, span)))
+    x = np.where(lines, bridged, kept).astype(np.float32)
+    new_mask = (ink.mask & ~lines) | (lines & (bridged > 0.5))
+    if new_mask.sum() < 4:
+        return Ink(np.zeros_like(x), new_mask, ink.inverted, False, (*ink.notes, "lines removed", "no ink"),
+                   ink.noise)
+    return Ink(x, new_mask, ink.inverted, True, (*ink.notes, "lines removed"), ink.noise)
 
 
 # ----------------------------------------------------------------------------------------- crop and fit
@@ -548,7 +675,7 @@ def fit_digit(crop: np.ndarray, spec: PreprocessSpec | None = None, *, deskew: b
 
 def prepare_image(source: str | os.PathLike[str] | bytes | Image.Image | np.ndarray,
                   spec: PreprocessSpec | None = None, *, polarity: Polarity = "auto", deskew: bool = False,
-                  fix_stroke: bool = True) -> Prepared:
+                  fix_stroke: bool = True, remove_printed_lines: bool = True) -> Prepared:
     """Any image of one digit -> the model's input (see the module doc for the steps).
 
     Args:
@@ -558,6 +685,7 @@ def prepare_image(source: str | os.PathLike[str] | bytes | Image.Image | np.ndar
             "light-on-dark" (MNIST-like) forces it.
         deskew: straighten slanted digits (only helps models trained on deskewed data).
         fix_stroke: bring a stroke width far from MNIST's into its range.
+        remove_printed_lines: take ruled and grid lines and printed boxes out of the ink (``remove_lines``).
 
     Raises:
         ImageError: the source is not a readable image.
@@ -569,6 +697,8 @@ def prepare_image(source: str | os.PathLike[str] | bytes | Image.Image | np.ndar
                          f"1/{WORK_SIDE} of the long side)")
     gray, factor = reduce_large(source_gray)
     ink = ink_map(gray, polarity)
+    if ink.found and remove_printed_lines:
+        ink = remove_lines(ink)
     if not ink.found:
         return Prepared(None, False, ink.inverted, notes=ink.notes)
     cropped = crop_digit(ink)

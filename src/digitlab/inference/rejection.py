@@ -48,6 +48,10 @@ DETECTOR_NONDIGITS = 8000  # synthetic non-digits the detector learns from (at m
 NONDIGITS_SEED = 0  # one cached bank for every run (digitlab.data.nondigits)
 DIGIT_CLASSES = [str(d) for d in range(10)]  # the synthetic non-digits make a detector for digits only
 FEATURE_BATCH = 2000
+# Digits and non-digits also drawn on paper and read back through the preparation, for the detector and
+# the thresholds: real inputs arrive that way (docs/decisions.md#prepared-digits-for-rejection).
+REREAD_TRAIN = 1500
+REREAD_VAL = 1000
 
 # Why a prediction is rejected, in the words a user reads (the CLI, the service, the drawing page).
 REASON_NO_DIGIT = "no digit found"
@@ -295,15 +299,26 @@ def fit_rejection(predictor: Any, *, val_images: np.ndarray, val_labels: np.ndar
 
     start = time.perf_counter()
     n_neg = min(DETECTOR_NONDIGITS, len(train_digits))
-    say(f"non-digit detector: reading {len(train_digits):,} training digits and {n_neg:,} synthetic non-digits")
+    nondigits = _nondigits(n_neg)
+    rng = np.random.default_rng(seed)
+    say(f"non-digit detector: {min(REREAD_TRAIN, len(train_digits)):,} training digits, as many non-digits and "
+        f"{min(REREAD_VAL, len(val_images)):,} validation digits drawn on paper and prepared as real images")
+    train_digits = np.concatenate([train_digits, reread(_sample(train_digits, REREAD_TRAIN, rng), predictor.spec,
+                                                        seed)])
+    nondigits = np.concatenate([nondigits, reread(_sample(nondigits, REREAD_TRAIN, rng), predictor.spec, seed + 1)])
+    val_reread = reread(_sample(val_images, REREAD_VAL, rng), predictor.spec, seed + 2)
+    say(f"non-digit detector: reading {len(train_digits):,} training digits and {len(nondigits):,} non-digits")
     z_pos, f_pos = _features(predictor, train_digits, "features of training digits", show_progress)
-    z_neg, f_neg = _features(predictor, _nondigits(n_neg), "features of non-digits", show_progress)
+    z_neg, f_neg = _features(predictor, nondigits, "features of non-digits", show_progress)
     det = fit_detector((f_pos, z_pos), (f_neg, z_neg), temperature=temperature, seed=seed,
                        show_progress=show_progress).to(predictor.device)
     info = DetectorInfo(n_digits=len(f_pos), n_nondigits=len(f_neg), n_features=int(f_pos.shape[1]),
                         hidden=det.hidden.out_features, seed=seed, seconds=time.perf_counter() - start)
     say(f"non-digit detector: fitted in {info.seconds:.1f} s")
-    _, val_nondigit = predictor.logits_and_nondigit(val_images, detector=det)
+    # the thresholds: on the validation digits as MNIST gives them and as the preparation gives them
+    val_images = np.concatenate([val_images, val_reread])
+    val_logits, val_nondigit = predictor.logits_and_nondigit(val_images, detector=det)
+    val_conf = softmax(val_logits, temperature).max(axis=1)
     t_soft, t_det = rejection_thresholds(val_conf, val_nondigit, rate=REJECT_VAL_RATE,
                                          softmax_rate=RELAXED_SOFTMAX_RATE)
     share = float(((val_conf < t_soft) | (val_nondigit > t_det)).mean())
@@ -311,6 +326,33 @@ def fit_rejection(predictor: Any, *, val_images: np.ndarray, val_labels: np.ndar
                              detector=info, rule=f"calibrated confidence below {t_soft:.4f} or non-digit score above "
                                                  f"{t_det:.4f} (rejects {share:.2%} of validation digits)")
     return Rejection(policy, det)
+
+
+def _sample(images: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    return images[np.sort(rng.choice(len(images), size=min(n, len(images)), replace=False))]
+
+
+def reread(images: np.ndarray, spec: Any, seed: int) -> np.ndarray:
+    """Model-ready images drawn as a person's scan would show them (dark ink on light paper, 2x, a little
+    noise) and prepared again by ``prepare_image``: what the model sees of a real input. Those in which the
+    preparation finds nothing are left out."""
+    from PIL import Image
+
+    from digitlab.inference.prepare import prepare_image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    light = spec.polarity != "dark-on-light"
+    for img in images:
+        ink = img if light else 255 - img
+        big = np.asarray(Image.fromarray(ink).resize((2 * ink.shape[1], 2 * ink.shape[0]), Image.BILINEAR),
+                         np.float32) / 255
+        paper, dark = rng.uniform(0.8, 0.97), rng.uniform(0.0, 0.25)
+        photo = paper - big * (paper - dark) + rng.normal(0, 0.01, big.shape)
+        p = prepare_image((photo.clip(0, 1) * 255).astype(np.uint8), spec, polarity="dark-on-light")
+        if p.found and p.image is not None:
+            out.append(p.image)
+    return np.stack(out) if out else np.zeros((0, *images.shape[1:]), np.uint8)
 
 
 def _nondigits(n: int) -> np.ndarray:

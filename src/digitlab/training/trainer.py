@@ -30,7 +30,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ from digitlab.data.loading import Dataset, load_dataset
 from digitlab.data.nondigits import cached_nondigits
 from digitlab.data.preprocess import PreprocessSpec, compute_preprocess_spec
 from digitlab.data.splits import run_split
+from digitlab.data.styles import synthetic_digits
 from digitlab.models.registry import count_parameters, create_model, get_entry, make_config
 from digitlab.models.runtime import autocast_dtype, predict_logits, resolve_device
 from digitlab.training.augment import build_augmenter
@@ -212,6 +213,17 @@ def _with_user_digits(split: Split, digits: UserDigits, user_share: float) -> Sp
                  split.test_images, split.test_labels)
 
 
+def _with_styles(split: Split, cfg: RunConfig) -> Split:
+    """The training digits and ``data.synthetic_styles`` synthetic digits in writing styles MNIST lacks
+    (``data.styles``), drawn from the run's seed: the same set every time, so a resumed run sees it too."""
+    n = cfg.data.synthetic_styles
+    if not n:
+        return split
+    images, labels = synthetic_digits(n, seed=cfg.seed)
+    return replace(split, train_images=np.concatenate([split.train_images, images.numpy()]),
+                   train_labels=np.concatenate([split.train_labels, labels.numpy().astype(split.train_labels.dtype)]))
+
+
 def _accuracy_and_loss(logits: torch.Tensor, labels: np.ndarray) -> tuple[float, float, int]:
     y = torch.as_tensor(labels, dtype=torch.int64)
     if len(y) == 0:
@@ -352,6 +364,7 @@ def train_run(
                 spec = user_digits.spec
             else:
                 spec = compute_preprocess_spec(split.train_images, dataset=ds.spec.name)
+            split = _with_styles(split, cfg)  # after the spec: MNIST's statistics normalise every input
             model = create_model(cfg.model.name, **_model_kwargs(cfg, ds))
             if cfg.finetune is not None and not resume:  # a resumed run takes its weights from its checkpoint
                 load_init_weights(model, cfg)
