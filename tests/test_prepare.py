@@ -701,3 +701,34 @@ def test_rendered_mnist_digits_read_like_mnist(rendering: str, small_cnn: Predic
     c = corr_rows(np.stack([o.prepared.image for o in out]), digits, shift=1)
     least = LEAST_CORR.get(rendering, LEAST_CORR_DEFAULT)
     assert c.mean() > least, f"{rendering}: mean correlation {c.mean():.3f} with the originals"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A region of interest (a form's field)
+
+
+def test_a_box_reads_only_its_region_and_reports_source_pixels() -> None:
+    page = canvas(120, 240)
+    page[:, :120] = bar(120, 120, 20, 50, 80, 12)
+    page[:, 120:] = ring(120, 120, 60, 60, 25, 33)
+    alone = prepare_image(ring(120, 120, 60, 60, 25, 33))
+    boxed = prepare_image(page, box=(120, 0, 120, 120))
+    assert boxed.found and np.array_equal(boxed.image, alone.image)
+    x0, y0, x1, y1 = boxed.box
+    assert 120 <= x0 < x1 <= 240 and 0 <= y0 < y1 <= 120
+    whole = prepare_image(page)
+    assert not np.array_equal(whole.image, alone.image)  # without the box both shapes are read as one
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("1,2,3", "four whole numbers"), ("a,b,c,d", "four whole numbers"), ("0,0,0,5", "1 or more"),
+    ("-1,0,5,5", "0 or more"),
+])
+def test_a_bad_box_is_one_image_error(text: str, message: str) -> None:
+    with pytest.raises(ImageError, match=message):
+        prepare_module.parse_box(text)
+
+
+def test_a_box_outside_the_image_is_an_image_error() -> None:
+    with pytest.raises(ImageError, match="outside the 100x100 image"):
+        prepare_image(canvas(100, 100), box=(150, 10, 20, 20))

@@ -129,3 +129,12 @@ def test_folder_outputs_under_export_or_eval_are_allowed(tmp_path: Path) -> None
     check_output_dir(tmp_path / "elsewhere")
     with pytest.raises(OutputError, match="inside the run directory"):
         check_output_dir(run / "export" / ".." / "checkpoint")
+
+
+def test_predict_box_is_checked_before_the_model_loads(tmp_path: Path) -> None:
+    image = tmp_path / "digit.png"
+    image.write_bytes(b"not read: the box is refused first")
+    run = _fake_run(tmp_path / "run")  # weights that would not load: the box's error comes first
+    result = runner.invoke(app, ["predict", str(run), str(image), "--box", "1,2,3"])
+    assert result.exit_code == 2, result.output
+    assert "four whole numbers" in result.stderr and result.stderr.count("\n") == 1

@@ -784,3 +784,22 @@ def test_serve_command_fails_in_one_line_on_a_bad_model(tmp_path: Path) -> None:
     assert r.exit_code == 2
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("digitlab: error: ") and "run directory" in lines[0], r.output
+
+
+def test_predict_a_box_of_a_form(served) -> None:
+    """A region of interest, in the query or the JSON body: only the digit inside it is read."""
+    digit = np.asarray(Image.open(io.BytesIO(served.pngs[0])).convert("L"))
+    other = np.asarray(Image.open(io.BytesIO(served.pngs[1])).convert("L"))
+    form = np.concatenate([other, digit], axis=1)  # two fields side by side, the wanted one on the right
+    buf = io.BytesIO()
+    Image.fromarray(form).save(buf, format="PNG")
+    h, w = digit.shape
+    r = served.client.post(f"/v1/predict?box={other.shape[1]},0,{w},{h}", content=buf.getvalue(),
+                           headers={"content-type": "image/png"})
+    assert r.status_code == 200, r.text
+    assert r.json()["label"] == served.y[0] and r.json()["box"][0] >= other.shape[1]
+    r = served.client.post("/v1/predict", json={"image": b64(buf.getvalue()), "box": [0, 0, other.shape[1], h]})
+    assert r.status_code == 200 and r.json()["label"] == served.y[1], r.text
+    for bad in ("1,2", "0,0,0,5", f"{10 * w},0,5,5"):
+        r = served.client.post(f"/v1/predict?box={bad}", content=buf.getvalue(), headers={"content-type": "image/png"})
+        assert r.status_code == 422 and "box" in r.json()["error"], r.text

@@ -479,6 +479,8 @@ def predict(
     polarity: Annotated[Polarity, typer.Option("--polarity", help="Ink on paper (dark-on-light), MNIST-like "
                                                "(light-on-dark), or auto.")] = "auto",
     deskew: Annotated[bool, typer.Option("--deskew", help="Straighten slanted digits first.")] = False,
+    box: Annotated[str | None, typer.Option("--box", metavar="X,Y,W,H", help="Read only this region of each "
+                                            "image, in pixels (a form's field).")] = None,
     backend: Annotated[Backend, typer.Option("--backend", help="auto: torch where weights exist, else ONNX "
                                              "Runtime.")] = "auto",
 ) -> None:
@@ -494,6 +496,11 @@ def predict(
     from digitlab.inference import Predictor
     from digitlab.inference.batch import FileFailure, find_images, predict_files, write_csv
     from digitlab.inference.batch import save_prepared as save_image
+    from digitlab.inference.prepare import parse_box
+
+    region = None if box is None else parse_box(box)  # a bad box fails before the model loads
+    if region is not None and multi:
+        raise typer.BadParameter("--box reads one digit's field; crop the line yourself for --multi")
 
     _refuse_existing(csv_path, force)  # before any work, not after minutes of it
     _refuse_run_folder(save_prepared)
@@ -508,7 +515,8 @@ def predict(
                        csv_path=csv_path, force=force)
         return
     results: list[Any] = []
-    kw: dict[str, Any] = {"top_k": top_k, "min_confidence": min_confidence, "polarity": polarity, "deskew": deskew}
+    kw: dict[str, Any] = {"top_k": top_k, "min_confidence": min_confidence, "polarity": polarity, "deskew": deskew,
+                          "box": region}
     if folder_given and not as_json:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

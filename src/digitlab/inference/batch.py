@@ -63,7 +63,7 @@ def find_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
 
 
 def predict_files(predictor: Predictor, files: list[Path], *, top_k: int = 3, min_confidence: float | None = None,
-                  polarity: Polarity = "auto", deskew: bool = False,
+                  polarity: Polarity = "auto", deskew: bool = False, box: tuple[int, int, int, int] | None = None,
                   progress: Callable[[int], None] | None = None) -> Iterator[ImagePrediction | FileFailure]:
     """Predict every file, in order, in batches of ``CHUNK``; ``progress(n)`` after each batch of n."""
     for start in range(0, len(files), CHUNK):
@@ -71,7 +71,7 @@ def predict_files(predictor: Predictor, files: list[Path], *, top_k: int = 3, mi
         readable, failures = [], {}
         for i, f in enumerate(chunk):
             try:
-                readable.append((i, predictor.prepare(f, polarity=polarity, deskew=deskew)))
+                readable.append((i, predictor.prepare(f, polarity=polarity, deskew=deskew, box=box)))
             except ImageError as e:
                 failures[i] = FileFailure(str(f), str(e))
             except Exception as e:  # an unforeseen fault in one file is that file's failure row

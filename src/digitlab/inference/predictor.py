@@ -433,19 +433,20 @@ class Predictor:
     # ----------------------------------------------------------------------------------------- real images
 
     def prepare(self, source: Any, *, polarity: Polarity = "auto", deskew: bool = False,
-                fix_stroke: bool = True) -> Prepared:
+                fix_stroke: bool = True, box: tuple[int, int, int, int] | None = None) -> Prepared:
         """A real image prepared for this model (its spec): see ``digitlab.inference.prepare``."""
-        return prepare_image(source, self.spec, polarity=polarity, deskew=deskew, fix_stroke=fix_stroke)
+        return prepare_image(source, self.spec, polarity=polarity, deskew=deskew, fix_stroke=fix_stroke, box=box)
 
     def predict_images(self, sources: Any, *, names: Sequence[str] | None = None, top_k: int = 3,
                        min_confidence: float | None = None, polarity: Polarity = "auto", deskew: bool = False,
-                       fix_stroke: bool = True) -> list[ImagePrediction]:
+                       fix_stroke: bool = True, box: tuple[int, int, int, int] | None = None) -> list[ImagePrediction]:
         """Real images (photos, scans, drawings) -> one ``ImagePrediction`` each, prepared then read in one batch.
 
         Args:
             sources: one image or several: a path, bytes, a PIL image or a NumPy array (``(H, W)`` grey or
                 ``(H, W, 3|4)`` colour is one image; a list, or an ``(N, H, W)`` stack, is several).
             names: what to call each image in the results (default: its path, else ``#i``).
+            box: ``(x, y, width, height)``: read only this region of each image (a form's field).
 
         Raises:
             ImageError: an input that is not a readable image (the first one met).
@@ -453,7 +454,7 @@ class Predictor:
         items = as_image_list(sources)
         labels = list(names) if names is not None else [str(s) if isinstance(s, str | os.PathLike) else f"#{i}"
                                                         for i, s in enumerate(items)]
-        prepared = [self.prepare(s, polarity=polarity, deskew=deskew, fix_stroke=fix_stroke) for s in items]
+        prepared = [self.prepare(s, polarity=polarity, deskew=deskew, fix_stroke=fix_stroke, box=box) for s in items]
         return self.predict_prepared(prepared, names=labels, top_k=top_k, min_confidence=min_confidence)
 
     def predict_image(self, source: Any, **options: Any) -> ImagePrediction:

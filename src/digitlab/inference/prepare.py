@@ -333,7 +333,8 @@ def ink_map(gray: np.ndarray, polarity: Polarity = "auto") -> Ink:
     ink = _ink(x, edge if not inverted else 1.0 - edge, inverted, filled=False)
     if not ink.found and min(x.shape) >= 48:
         paper = x <= _otsu(x)
-        if 1.0 - float(paper.mean()) > FILLED_SHARE and paper.sum() >= 16:  # much ink and none found: a digit that fills its frame
+        # much ink and none found: a digit that fills its frame
+        if 1.0 - float(paper.mean()) > FILLED_SHARE and paper.sum() >= 16:
             filled = _ink(x, float(np.median(x[paper])), inverted, filled=True)
             return filled if filled.found else ink
     return ink
@@ -675,7 +676,8 @@ def fit_digit(crop: np.ndarray, spec: PreprocessSpec | None = None, *, deskew: b
 
 def prepare_image(source: str | os.PathLike[str] | bytes | Image.Image | np.ndarray,
                   spec: PreprocessSpec | None = None, *, polarity: Polarity = "auto", deskew: bool = False,
-                  fix_stroke: bool = True, remove_printed_lines: bool = True) -> Prepared:
+                  fix_stroke: bool = True, remove_printed_lines: bool = True,
+                  box: tuple[int, int, int, int] | None = None) -> Prepared:
     """Any image of one digit -> the model's input (see the module doc for the steps).
 
     Args:
@@ -686,11 +688,16 @@ def prepare_image(source: str | os.PathLike[str] | bytes | Image.Image | np.ndar
         deskew: straighten slanted digits (only helps models trained on deskewed data).
         fix_stroke: bring a stroke width far from MNIST's into its range.
         remove_printed_lines: take ruled and grid lines and printed boxes out of the ink (``remove_lines``).
+        box: ``(x, y, width, height)`` in source pixels: read only this region (a form's field); the
+            returned ``box`` stays in source pixels.
 
     Raises:
         ImageError: the source is not a readable image.
     """
     source_gray = load_gray(source)
+    x0, y0 = 0, 0
+    if box is not None:
+        source_gray, (x0, y0) = crop_region(source_gray, box)
     sh, sw = source_gray.shape
     if min(sh, sw) < reduction(source_gray.shape):  # under one pixel thick at the working size
         raise ImageError(f"a {sw} x {sh} px image is too thin to hold a digit (the short side must be at least "
@@ -704,7 +711,39 @@ def prepare_image(source: str | os.PathLike[str] | bytes | Image.Image | np.ndar
     cropped = crop_digit(ink)
     if cropped is None:
         return Prepared(None, False, ink.inverted, notes=(*ink.notes, "no digit-like ink"))
-    crop, box = cropped
-    box = (box[0] * factor, box[1] * factor, box[2] * factor, box[3] * factor)
+    crop, ink_box = cropped
+    found_box = (x0 + ink_box[0] * factor, y0 + ink_box[1] * factor, x0 + ink_box[2] * factor,
+                 y0 + ink_box[3] * factor)
     img, width, notes = fit_digit(crop, spec, deskew=deskew, fix_stroke=fix_stroke)
-    return Prepared(img, True, ink.inverted, box, round(width, 2), ink.notes + notes)
+    return Prepared(img, True, ink.inverted, found_box, round(width, 2), ink.notes + notes)
+
+
+def parse_box(text: str) -> tuple[int, int, int, int]:
+    """``"x,y,w,h"`` -> a region of interest; ``ImageError`` with one line when it is not four whole numbers
+    with a positive width and height."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        x, y, w, h = (int(p) for p in parts)
+    except ValueError:
+        raise ImageError(f"box {text!r}: want x,y,width,height in pixels (four whole numbers)") from None
+    return check_region((x, y, w, h))
+
+
+def check_region(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    x, y, w, h = box
+    if x < 0 or y < 0 or w < 1 or h < 1:
+        raise ImageError(f"box {x},{y},{w},{h}: x and y must be 0 or more, width and height 1 or more")
+    return x, y, w, h
+
+
+def crop_region(gray: np.ndarray, box: tuple[int, int, int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """The part of ``gray`` inside ``box`` (x, y, width, height; clipped to the image) and its top-left corner.
+
+    Raises:
+        ImageError: the box is malformed or lies outside the image.
+    """
+    x, y, w, h = check_region(tuple(int(v) for v in box))  # type: ignore[arg-type]
+    height, width = gray.shape
+    if x >= width or y >= height:
+        raise ImageError(f"box {x},{y},{w},{h} lies outside the {width}x{height} image")
+    return gray[y:min(y + h, height), x:min(x + w, width)], (x, y)

@@ -39,7 +39,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
@@ -47,7 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digitlab import __version__
 from digitlab.inference import ImageError, ImagePrediction, Predictor, PredictorError, Prepared, read_digits
-from digitlab.inference.prepare import Polarity
+from digitlab.inference.prepare import Polarity, parse_box
 from digitlab.serve.batching import ImageJob, MicroBatcher
 from digitlab.serve.memory import fix_allocator_thresholds
 from digitlab.serve.settings import ServeSettings
@@ -97,6 +97,8 @@ class Options(BaseModel):
     return_prepared: Prepare | None = Field(None, description="Also return the 28x28 image the model saw: as a "
                                             "nested list of 0-255 values, or as a base64 PNG.")
     polarity: Polarity | None = Field(None, description="auto, dark-on-light (ink on paper) or light-on-dark.")
+    box: tuple[NonNegativeInt, NonNegativeInt, PositiveInt, PositiveInt] | None = Field(
+        None, description="Read only this region of the image: x, y, width, height in pixels (a form's field).")
 
 
 class PredictRequest(Options):
@@ -406,9 +408,16 @@ SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
 async def query_options(top_k: Annotated[int | None, Query(ge=1, le=100)] = None,
                         min_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
                         return_prepared: Annotated[Prepare, Query()] = "none",
-                        polarity: Annotated[Polarity, Query()] = "auto") -> Options:
+                        polarity: Annotated[Polarity, Query()] = "auto",
+                        box: Annotated[str | None, Query(description="x,y,width,height in pixels", max_length=64)]
+                        = None) -> Options:
     """The prediction options of the query string (one place for ``/v1/predict`` and its batch)."""
-    return Options(top_k=top_k, min_confidence=min_confidence, return_prepared=return_prepared, polarity=polarity)
+    try:
+        region = None if box is None else parse_box(box)
+    except ImageError as e:
+        raise ClientError(422, str(e)) from None
+    return Options(top_k=top_k, min_confidence=min_confidence, return_prepared=return_prepared, polarity=polarity,
+                   box=region)
 
 
 QueryOptions = Annotated[Options, Depends(query_options)]
@@ -562,7 +571,8 @@ def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | 
                      prepared=encode_prepared(pixels, opts.return_prepared))
             return r
         assert data is not None
-        result = await predict_batched(request, p, s, ImageJob(data, k, opts.min_confidence, opts.polarity or "auto"))
+        result = await predict_batched(request, p, s, ImageJob(data, k, opts.min_confidence, opts.polarity or "auto",
+                                                                  opts.box))
         return prediction_out(result, p.class_names, opts.return_prepared)
 
     batch_doc = {"requestBody": {"required": True, "content": {
@@ -596,7 +606,7 @@ def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | 
             prepared: list[Prepared] = []
             for i, data in enumerate(files):
                 try:
-                    prepared.append(p.prepare(data, polarity=opts.polarity or "auto"))
+                    prepared.append(p.prepare(data, polarity=opts.polarity or "auto", box=opts.box))
                 except ImageError as e:
                     raise ImageError(f"image {i}: {e}") from None
             return p.predict_prepared(prepared, names=[f"#{i}" for i in range(len(files))],

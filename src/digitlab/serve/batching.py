@@ -31,6 +31,7 @@ class ImageJob:
     top_k: int
     min_confidence: float | None
     polarity: Polarity
+    box: tuple[int, int, int, int] | None = None  # a region of interest: x, y, width, height
     future: asyncio.Future[ImagePrediction] = field(init=False, repr=False)
 
 
@@ -92,7 +93,7 @@ class MicroBatcher:
         groups: dict[tuple[int, float | None], list[tuple[int, Prepared]]] = defaultdict(list)
         for i, job in enumerate(jobs):
             try:
-                prepared = self.predictor.prepare(job.data, polarity=job.polarity)
+                prepared = self.predictor.prepare(job.data, polarity=job.polarity, box=job.box)
             except Exception as e:  # whatever it is, it is this job's answer
                 outcomes[i] = e
                 continue
