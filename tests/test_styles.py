@@ -77,3 +77,22 @@ def test_ones_have_flags_and_feet(bank) -> None:
     upper_left = ones[:, :12, :12].astype(float).sum()
     lower_left = ones[:, 16:, :12].astype(float).sum()
     assert upper_left > lower_left
+
+
+def test_synthetic_styles_join_the_training_set_the_same_every_time() -> None:
+    """``data.synthetic_styles`` adds that many styled digits to the training split, drawn from the run's seed
+    (a resumed run sees the same set); validation and test are untouched."""
+    from digitlab.core.config import RunConfig
+    from digitlab.training.trainer import Split, _with_styles
+
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 255, (50, 28, 28), dtype=np.uint8), rng.integers(0, 10, 50).astype(np.int64),
+                  np.zeros((5, 28, 28), np.uint8), np.zeros(5, np.int64), np.zeros((5, 28, 28), np.uint8),
+                  np.zeros(5, np.int64))
+    assert _with_styles(split, RunConfig()) is split
+    cfg = RunConfig.model_validate({"seed": 3, "data": {"synthetic_styles": 40}})
+    a, b = _with_styles(split, cfg), _with_styles(split, cfg)
+    assert a.train_images.shape == (90, 28, 28) and a.train_labels.shape == (90,)
+    assert a.train_labels.dtype == split.train_labels.dtype and set(a.train_labels[50:]) <= set(range(10))
+    assert np.array_equal(a.train_images, b.train_images) and np.array_equal(a.train_images[:50], split.train_images)
+    assert a.val_images is split.val_images and a.test_labels is split.test_labels
