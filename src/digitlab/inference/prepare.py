@@ -422,6 +422,9 @@ def _cell_walls(mask: np.ndarray, lines: np.ndarray, stroke: float) -> np.ndarra
     labels, n = ndi.label(runs, structure=np.ones((3, 3), bool))
     if n == 0:
         return np.zeros_like(mask)
+    rest = mask & ~runs  # the strokes measured again without the walls, which were too short to be left out
+    if rest.sum() >= 16:
+        stroke = max(stroke, edge_width(rest))
     return np.isin(labels, np.flatnonzero(_thickness(labels, n, 0) <= LINE_THIN * stroke) + 1)
 
 
