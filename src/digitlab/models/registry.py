@@ -7,7 +7,9 @@ Usage::
 
 Each entry has a typed config (pydantic, unknown keys rejected) and a kind: ``torch`` models
 are ``nn.Module``s taking ``(B, 1, H, W)`` normalised inputs and returning ``(B, n_classes)``
-logits; ``classical`` models follow the scikit-learn estimator contract.
+logits; ``sequence`` models are ``nn.Module``s reading lines ``(B, 1, H, W)`` of any width and
+returning ``(B, T, n_classes)`` CTC log-probabilities (``models/ctc.py``); ``classical`` models
+follow the scikit-learn estimator contract.
 """
 
 import fnmatch
@@ -20,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from digitlab.core.config import config_keys
 from digitlab.core.errors import DigitlabError, describe_validation_error
 
-ModelKind = Literal["torch", "classical"]
+ModelKind = Literal["torch", "sequence", "classical"]
 
 # Sane maxima, checked before anything is allocated (a typo such as dense=[100000000] is one line, not
 # gigabytes): a layer's width, an input side, and the whole network's trainable parameters.
@@ -118,10 +120,10 @@ def create_model(name: str, **cfg: Any) -> Any:
 
 
 def meta_parameters(name: str, config: ModelConfig) -> int:
-    """Trainable parameters of torch model ``name`` built from ``config``, counted on PyTorch's meta device
-    (shapes only: nothing is allocated, whatever the size); 0 for a classical model."""
+    """Trainable parameters of torch or sequence model ``name`` built from ``config``, counted on PyTorch's meta
+    device (shapes only: nothing is allocated, whatever the size); 0 for a classical model."""
     entry = get_entry(name)
-    if entry.kind != "torch":
+    if entry.kind == "classical":
         return 0
     import torch  # the registry itself loads without torch
 
@@ -154,4 +156,4 @@ def count_parameters(model: Any) -> int:
 def _ensure_loaded() -> None:
     # The families register themselves on import; importing here keeps one way in.
     # classical_configs, not classical: the registry does not import scikit-learn.
-    from digitlab.models import classical_configs, cnn, mlp, resnet, rnn  # noqa: F401
+    from digitlab.models import classical_configs, cnn, crnn, mlp, resnet, rnn  # noqa: F401
