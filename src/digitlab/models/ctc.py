@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from digitlab.data.synth_strings import ALPHABET  # one alphabet: the classes the generator's targets use
 from digitlab.models.registry import ModelError
 
-ALPHABET = "0123456789.,-/"  # digits and the separators written in amounts, dates and codes
 BLANK = 0
 
 
