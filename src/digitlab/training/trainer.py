@@ -337,6 +337,9 @@ def train_run(
             CheckpointWriteError: a full or read-only disk.
     """
     entry = get_entry(cfg.model.name)
+    if entry.kind == "sequence":  # a line reader (CTC): the loop learns sequence targets in issue 17's next step
+        raise ConfigError(f"model {cfg.model.name!r} reads lines of digits (a CTC sequence model); digitlab train "
+                          "trains digit classifiers only for now")
     d = env_dist()
     if d.enabled and entry.kind == "classical":
         raise DistributedError(f"{cfg.model.name} is a classical model: it trains in one process, not under "
