@@ -111,7 +111,8 @@ def read_labelled_folder(folder: str | os.PathLike[str], spec: PreprocessSpec | 
         try:
             prepared = prepare_image(path, spec)
         except ImageError as e:
-            raise LabelledFolderError(f"{path}: {e}") from None
+            message = str(e)  # a file that cannot be read is named by ImageError already
+            raise LabelledFolderError(message if str(path) in message else f"{path}: {message}") from None
         if prepared.found:
             images.append(prepared.image)
             labels.append(label)

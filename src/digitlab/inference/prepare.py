@@ -330,31 +330,31 @@ def ink_map(gray: np.ndarray, polarity: Polarity = "auto") -> Ink:
     edge = float(np.median(_border(gray)))
     inverted = polarity == "dark-on-light" or (polarity == "auto" and edge > 0.5)
     x = 1.0 - gray if inverted else gray.copy()
-    ink = _ink(x, edge if not inverted else 1.0 - edge, inverted, filled=False)
+    ink = _ink(x, edge if not inverted else 1.0 - edge, inverted)
     if not ink.found and min(x.shape) >= 48:
         paper = x <= _otsu(x)
         # much ink and none found: a digit that fills its frame
         if 1.0 - float(paper.mean()) > FILLED_SHARE and paper.sum() >= 16:
-            filled = _ink(x, float(np.median(x[paper])), inverted, filled=True)
+            filled = _ink(x, float(np.median(x[paper])), inverted, paper=paper)
             return filled if filled.found else ink
     return ink
 
 
-def _ink(x: np.ndarray, level: float, inverted: bool, *, filled: bool) -> Ink:
+def _ink(x: np.ndarray, level: float, inverted: bool, *, paper: np.ndarray | None = None) -> Ink:
     """``ink_map`` after the polarity: ``level`` is the paper's level when the background is taken as flat.
 
-    ``filled``: the digit fills its frame, so the darker half of the pixels (which the quadratic background
-    fit takes for paper), the border and the quartiles are ink: a flat background at ``level``, and the
-    noise measured on the pixels under Otsu's threshold only.
+    ``paper``: given when the digit fills its frame (the pixels under Otsu's threshold). The darker half of
+    the pixels (which the quadratic background fit takes for paper), the border and the quartiles are then
+    ink: a flat background at ``level``, and the noise measured on the paper's pixels only.
     """
     from scipy import ndimage as ndi
 
     notes: list[str] = ["inverted"] if inverted else []
-    paper = x <= _otsu(x) if filled else None
-    flat = min(x.shape) < 48 or filled  # small, or filled: a flat background (a smooth one from 48 px up)
+    flat = min(x.shape) < 48 or paper is not None  # a flat background when small or filled (smooth from 48 px)
     x = x - np.float32(level) if flat else x - _background(x)
+
     def noise(x: np.ndarray) -> float:
-        if paper is None or paper.sum() < 16:
+        if paper is None:
             return _noise(x)
         return min(_noise(x), 1.4826 * float(np.median(np.abs(x[paper] - np.median(x[paper])))))
 
@@ -448,7 +448,7 @@ def remove_lines(ink: Ink) -> Ink:
     if not candidates.any():
         return ink
     lines = np.zeros_like(mask)
-    parts = []  # (axis, labels, thickness of each candidate run)
+    parts = []  # per axis: the labelled candidate runs, each one's thickness and its share of the image's side
     for axis, runs in found:
         labels, n = ndi.label(runs, structure=np.ones((3, 3), bool))
         slices = ndi.find_objects(labels)
@@ -733,6 +733,7 @@ def parse_box(text: str) -> tuple[int, int, int, int]:
 
 
 def check_region(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """``box`` when x and y are 0 or more and the width and height 1 or more; else one-line ``ImageError``."""
     x, y, w, h = box
     if x < 0 or y < 0 or w < 1 or h < 1:
         raise ImageError(f"box {x},{y},{w},{h}: x and y must be 0 or more, width and height 1 or more")
