@@ -115,7 +115,10 @@ def train(recipe: str = "default", overrides: Mapping[str, Any] | Sequence[str] 
         result = train_run(cfg, out_root=out, show_progress=show_progress, log=log, user_digits=digits)
     else:
         result = train_run(config_from_recipe(recipe, sets), out_root=out, show_progress=show_progress, log=log)
-    if calibrate and is_main_process():  # under torchrun, rank 0 alone writes the run
+    from digitlab.models.registry import get_entry
+
+    # under torchrun, rank 0 alone writes the run; a string model's reading policy was fitted while training
+    if calibrate and is_main_process() and get_entry(result.model).kind != "sequence":
         from digitlab.inference.rejection import calibrate_run
 
         calibrate_run(result.run_dir, device=str(result.device), show_progress=show_progress, log=log)

@@ -24,6 +24,7 @@ from digitlab.data.check import check_dataset
 from digitlab.data.datasets import get_dataset, list_datasets
 from digitlab.data.loading import load_dataset
 from digitlab.data.sources import dataset_folder, fetch_dataset
+from digitlab.models.registry import get_entry
 
 EXIT_USAGE = 2
 out = Console(soft_wrap=True)
@@ -344,12 +345,18 @@ def train(
         return
     out.print(f"run directory: {result.run_dir}")
     out.print(f"best validation accuracy: {result.best_val_acc:.4f} (epoch {result.best_epoch})")
+    reads_strings = get_entry(result.model).kind == "sequence"
+    what = "whole synthetic strings of test digits" if reads_strings else "test accuracy"
     if result.test_acc is not None:
-        out.print(f"test accuracy: {result.test_acc:.4f} ({result.test_errors} errors of {result.n_test}), "
+        out.print(f"{what}: {result.test_acc:.4f} ({result.test_errors} errors of {result.n_test}), "
                   f"measured once after training")
     procs = f" x {result.world_size} processes" if result.world_size > 1 else ""
     out.print(f"training time: {result.train_seconds:.1f} s on {result.device}{procs}, {result.n_params:,} parameters")
-    if calibrate:  # on the device training used
+    if reads_strings:  # its reading policy (the string-confidence threshold) was fitted at the end of training
+        from digitlab.training.sequence import READING_FILE
+
+        out.print(f"reading: written: {Path(result.run_dir) / READING_FILE}", highlight=False)
+    elif calibrate:  # on the device training used
         _calibrate(result.run_dir, show_bar=show_bar, device=str(result.device))
 
 

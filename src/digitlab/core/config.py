@@ -107,6 +107,16 @@ class TrainSection(_Strict):
     dist_timeout: float = Field(300.0, gt=0, description="seconds a rank waits for the others before the job fails")
 
 
+class StringsSection(_Strict):
+    """Synthetic digit strings for a string model (kind ``sequence``: ``crnn``); digit classifiers ignore it."""
+
+    per_epoch: int = Field(24000, ge=1, description="fresh synthetic strings per epoch (from the training digits)")
+    val: int = Field(2000, ge=0, description="validation strings (from the validation digits; fixed)")
+    test: int = Field(2000, ge=0, description="test strings (from the test digits), measured once at the end")
+    height: int = Field(32, ge=8, le=256, description="line height in pixels (the model's input height)")
+    max_chars: int = Field(12, ge=1, le=64, description="longest string, separators included")
+
+
 class FinetuneSection(_Strict):
     """Where a fine-tuned run (``digitlab train --init RUN --images DIR``) came from, and how the user's digits
     were mixed in (docs/decisions.md#fine-tuning)."""
@@ -134,6 +144,7 @@ class RunConfig(_Strict):
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     augment: AugmentSection = Field(default_factory=AugmentSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    strings: StringsSection = Field(default_factory=StringsSection)
     finetune: FinetuneSection | None = None  # set by ``train --init RUN --images DIR``
 
 

@@ -54,6 +54,7 @@ from digitlab.data.loading import Dataset, load_dataset
 from digitlab.data.nondigits import cached_nondigits
 from digitlab.data.preprocess import PreprocessSpec, compute_preprocess_spec
 from digitlab.data.splits import run_split
+from digitlab.data.string_batches import StringBatches, StringSet
 from digitlab.data.styles import synthetic_digits
 from digitlab.models.registry import count_parameters, create_model, get_entry, make_config
 from digitlab.models.runtime import autocast_dtype, predict_logits, resolve_device
@@ -61,8 +62,20 @@ from digitlab.training.augment import build_augmenter
 from digitlab.training.distributed import Dist, DistributedError, env_dist, init_distributed, shutdown
 from digitlab.training.finetune import FinetuneError, load_init_weights
 from digitlab.training.optim import build_optimizer, build_scheduler
+from digitlab.training.sequence import (
+    KEPT_ACCURACY,
+    READING_FILE,
+    check_sequence_config,
+    ctc_loss_sum,
+    eval_strings,
+    exact_matches,
+    fit_min_confidence,
+    score_strings,
+    string_loader,
+)
 
 CHECKPOINT_FILE = "state.pt"
+NOMINAL_LINE_WIDTH = 128  # a string model's nominal input width (it reads any width; exports start from this)
 PROGRESS_EVERY = 20  # batches between progress-bar refreshes (each one syncs a loss value)
 
 
@@ -232,18 +245,21 @@ def _accuracy_and_loss(logits: torch.Tensor, labels: np.ndarray) -> tuple[float,
     return 1 - errors / len(y), float(F.cross_entropy(logits, y)), errors
 
 
-def _model_kwargs(cfg: RunConfig, ds: Dataset) -> dict[str, Any]:
+def _model_kwargs(cfg: RunConfig, ds: Dataset, kind: str) -> dict[str, Any]:
+    if kind == "sequence":  # a line of any width, the strings' height; the classes are the model's alphabet
+        return {"input_size": (cfg.strings.height, NOMINAL_LINE_WIDTH), **cfg.model.args}
     return {"input_size": ds.spec.image_shape, "n_classes": ds.spec.n_classes, **cfg.model.args}
 
 
 def _model_json(cfg: RunConfig, ds: Dataset, spec: PreprocessSpec, n_params: int, kind: str) -> dict[str, Any]:
-    model_cfg = make_config(cfg.model.name, **_model_kwargs(cfg, ds))
+    model_cfg = make_config(cfg.model.name, **_model_kwargs(cfg, ds, kind))
+    alphabet = getattr(model_cfg, "alphabet", None)
     return {
         "name": cfg.model.name,
         "kind": kind,
         "args": model_cfg.model_dump(mode="json"),
         "n_params": n_params,
-        "class_names": list(ds.spec.class_names),
+        "class_names": ["<blank>", *alphabet] if kind == "sequence" else list(ds.spec.class_names),
         "dataset": ds.spec.name,
         "preprocess": spec.model_dump(mode="json"),
         **({"finetuned_from": cfg.finetune.model_dump(mode="json", include={"init", "init_sha256", "images",
@@ -337,9 +353,8 @@ def train_run(
             CheckpointWriteError: a full or read-only disk.
     """
     entry = get_entry(cfg.model.name)
-    if entry.kind == "sequence":  # a line reader (CTC): the loop learns sequence targets in issue 17's next step
-        raise ConfigError(f"model {cfg.model.name!r} reads lines of digits (a CTC sequence model); digitlab train "
-                          "trains digit classifiers only for now")
+    if entry.kind == "sequence":
+        check_sequence_config(cfg)
     d = env_dist()
     if d.enabled and entry.kind == "classical":
         raise DistributedError(f"{cfg.model.name} is a classical model: it trains in one process, not under "
@@ -368,10 +383,11 @@ def train_run(
             else:
                 spec = compute_preprocess_spec(split.train_images, dataset=ds.spec.name)
             split = _with_styles(split, cfg)  # after the spec: MNIST's statistics normalise every input
-            model = create_model(cfg.model.name, **_model_kwargs(cfg, ds))
+            model = create_model(cfg.model.name, **_model_kwargs(cfg, ds, entry.kind))
             if cfg.finetune is not None and not resume:  # a resumed run takes its weights from its checkpoint
                 load_init_weights(model, cfg)
-            setup = _setup_torch(cfg, split, spec, model, d, device) if entry.kind != "classical" else None
+            setup = _setup_torch(cfg, split, spec, model, d, device, entry.kind) if entry.kind != "classical" \
+                else None
             if run is None:  # only now: a config that fails above leaves no run directory behind
                 tag = "finetune" if cfg.finetune is not None else cfg.recipe if cfg.recipe != cfg.model.name else ""
                 run = RunDir.create(out_root, model=cfg.model.name, tag=tag) if d.is_main else None
@@ -457,8 +473,14 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 def _validate(model: nn.Module, split: Split, spec: PreprocessSpec, d: Dist, device: torch.device,
-              t: Any, amp: torch.dtype | None) -> tuple[float, float]:
-    """Validation accuracy and loss; each rank scores its share and the counts are summed."""
+              t: Any, amp: torch.dtype | None, val_strings: StringSet | None = None) -> tuple[float, float]:
+    """Validation accuracy and loss (whole strings for a string model); each rank scores its share and the
+    counts are summed."""
+    if val_strings is not None:
+        share = val_strings.subset(torch.arange(d.rank, len(val_strings), d.world_size))
+        scores = score_strings(model, share, spec, device=device, amp=amp)
+        right, loss_sum, n = d.all_sum([int(scores.right.sum()), float(scores.loss.sum()), len(share)], device)
+        return (right / n, loss_sum / n) if n else (float("nan"), float("nan"))
     images, labels = split.val_images[d.rank::d.world_size], split.val_labels[d.rank::d.world_size]
     logits = predict_logits(model, images, spec, device=device, batch_size=t.eval_batch_size, amp=amp,
                             channels_last=t.channels_last)
@@ -483,10 +505,16 @@ class _TorchSetup:
     sched: Any
     ema: AveragedModel | None
     n_params: int
+    val_strings: StringSet | None = None  # a string model's validation strings (its loader makes fresh ones)
+
+    @property
+    def reads_strings(self) -> bool:
+        return self.val_strings is not None
 
 
 def _setup_torch(cfg: RunConfig, split: Split, spec: PreprocessSpec, model: nn.Module, d: Dist,
-                 device: torch.device) -> _TorchSetup:
+                 device: torch.device, kind: str = "torch", user_strings: StringSet | None = None,
+                 user_val: StringSet | None = None, user_share: float = 0.0) -> _TorchSetup:
     t = cfg.train
     amp = autocast_dtype(t.precision, device)
     if t.sync_batchnorm and d.enabled:
@@ -499,18 +527,28 @@ def _setup_torch(cfg: RunConfig, split: Split, spec: PreprocessSpec, model: nn.M
         model.to(memory_format=torch.channels_last)
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if d.enabled else model
-    augmenter = build_augmenter(cfg.augment)
-    if augmenter is not None:
-        augmenter.to(device)
-    loader = BatchLoader(split.train_images, split.train_labels, spec, batch_size=t.batch_size, shuffle=True,
-                         seed=cfg.seed, drop_last=False, device=device, augment=augmenter, rank=d.rank,
-                         world_size=d.world_size)
+    val_strings = None
+    loader: BatchLoader | StringBatches
+    if kind == "sequence":  # strings made from the split's digits: fresh ones to train on, fixed ones to validate
+        loader = string_loader(cfg, split.train_images, split.train_labels, spec, device=device, rank=d.rank,
+                               world_size=d.world_size, user=user_strings, user_share=user_share)
+        val_strings = eval_strings(cfg, split.val_images, split.val_labels, cfg.strings.val, seed=cfg.seed + 1)
+        if user_val is not None and len(user_val):
+            val_strings = val_strings.concat(user_val)
+    else:
+        augmenter = build_augmenter(cfg.augment)
+        if augmenter is not None:
+            augmenter.to(device)
+        loader = BatchLoader(split.train_images, split.train_labels, spec, batch_size=t.batch_size, shuffle=True,
+                             seed=cfg.seed, drop_last=False, device=device, augment=augmenter, rank=d.rank,
+                             world_size=d.world_size)
     outliers = _outlier_bank(cfg, spec, device)
     n_out = max(1, round(t.batch_size * t.outlier_fraction)) if outliers is not None else 0
     opt = build_optimizer(cfg.optim, model.parameters())
     sched = build_scheduler(opt, cfg.schedule, steps_per_epoch=len(loader), n_epochs=t.epochs)
     ema = AveragedModel(model, multi_avg_fn=ema_update(t.ema_decay), use_buffers=True) if t.ema_decay else None
-    return _TorchSetup(model, net, amp, loader, outliers, n_out, opt, sched, ema, count_parameters(model))
+    return _TorchSetup(model, net, amp, loader, outliers, n_out, opt, sched, ema, count_parameters(model),
+                       val_strings)
 
 
 def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: PreprocessSpec, setup: _TorchSetup,
@@ -563,11 +601,11 @@ def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: P
                 x = torch.cat([x, outliers[pick].to(memory_format=torch.channels_last) if t.channels_last
                                else outliers[pick]])
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits = net(x)
+                logits = net(x)  # a string model: (B, T, C) log-probabilities over its frames
                 # The sum over this rank's share, scaled so that DDP's average over ranks is the mean
                 # over the global batch (exactly a single process's loss, even for an uneven split).
-                ce_sum = F.cross_entropy(logits[:len(y)].float(), y, label_smoothing=t.label_smoothing,
-                                         reduction="sum")
+                ce_sum = ctc_loss_sum(logits, y) if setup.reads_strings else F.cross_entropy(
+                    logits[:len(y)].float(), y, label_smoothing=t.label_smoothing, reduction="sum")
                 loss = ce_sum * (d.world_size / loader.global_batch_size(i))
                 if outliers is not None:
                     loss = loss - t.outlier_exposure * F.log_softmax(logits[len(y):].float(), dim=1).mean()
@@ -581,7 +619,7 @@ def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: P
             if ema is not None:
                 ema.update_parameters(model)
             loss_sum += ce_sum.detach()
-            correct += (logits.detach().argmax(1) == y).sum()
+            correct += exact_matches(logits, y) if setup.reads_strings else (logits.detach().argmax(1) == y).sum()
             seen += len(y)
             bar.update(1)
             if show_progress and (i % PROGRESS_EVERY == 0 or i == len(loader) - 1):
@@ -592,7 +630,7 @@ def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: P
         loss_total, correct_total, seen = d.all_sum([float(loss_sum), int(correct), seen], device)
         train_seconds = time.perf_counter() - epoch_start
         elapsed += train_seconds
-        val_acc, val_loss = _validate(eval_model, split, spec, d, device, t, amp)
+        val_acc, val_loss = _validate(eval_model, split, spec, d, device, t, amp, setup.val_strings)
         epochs_run = epoch + 1
         # A fine-tune keeps its last epoch: MNIST's validation digits outweigh the user's few and would choose the
         # least adapted one (docs/decisions.md#fine-tuning).
@@ -648,9 +686,19 @@ def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: P
         eval_model.load_state_dict(best_state)
     with atomic_path(run.file(RunDir.WEIGHTS)) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in eval_model.state_dict().items()}, str(tmp))
-    run.write_json(RunDir.MODEL_JSON, _model_json(cfg, ds, spec, n_params, "torch"))
+    kind = "sequence" if setup.reads_strings else "torch"
+    run.write_json(RunDir.MODEL_JSON, _model_json(cfg, ds, spec, n_params, kind))
     test_acc, errors, n_test = None, None, 0
-    if evaluate_test:
+    if setup.reads_strings:
+        assert setup.val_strings is not None
+        val_scores = score_strings(eval_model, setup.val_strings, spec, device=device, amp=amp)
+        run.write_json(READING_FILE, {"min_confidence": fit_min_confidence(val_scores),
+                                      "kept_accuracy": KEPT_ACCURACY, "n_val": len(val_scores.right)})
+        if evaluate_test and cfg.strings.test:
+            test_strings = eval_strings(cfg, split.test_images, split.test_labels, cfg.strings.test, seed=cfg.seed + 2)
+            right = score_strings(eval_model, test_strings, spec, device=device, amp=amp).right
+            test_acc, errors, n_test = float(right.mean()), int((~right).sum()), len(right)
+    elif evaluate_test:
         test_logits = predict_logits(eval_model, split.test_images, spec, device=device,
                                      batch_size=t.eval_batch_size, amp=amp, channels_last=t.channels_last)
         test_acc, _, errors = _accuracy_and_loss(test_logits, split.test_labels)
