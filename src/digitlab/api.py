@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from digitlab.core.config import RunConfig
     from digitlab.data.labelled import UserDigits
+    from digitlab.data.string_batches import UserStrings
     from digitlab.inference.rejection import Rejection
     from digitlab.training.trainer import TrainResult
 
@@ -50,7 +51,7 @@ def prepare_finetune(init: str | os.PathLike[str], images: str | os.PathLike[str
     from digitlab.inference.labelled import read_labelled_folder
     from digitlab.training.finetune import finetune_config, init_spec
 
-    spec = init_spec(init)
+    spec = init_spec(init, strings=False)
     folder = read_labelled_folder(images, spec)
     cfg = finetune_config(init, images=images, n_images=folder.counts(), n_not_found=len(folder.not_found),
                           overrides=list(overrides))
@@ -65,10 +66,51 @@ def prepare_finetune(init: str | os.PathLike[str], images: str | os.PathLike[str
     return cfg, digits
 
 
+def prepare_finetune_strings(init: str | os.PathLike[str], strings: str | os.PathLike[str],
+                             overrides: Sequence[str] = (), log: Callable[[str], None] | None = None
+                             ) -> tuple["RunConfig", "UserStrings"]:
+    """The config of a string model fine-tuned from ``init`` and the user's labelled strings from ``strings``
+    (images and a ``labels.tsv``), each line prepared as the reader prepares it, split into training and held-out
+    validation strings (what ``train(init=..., strings=...)`` and ``digitlab train --init RUN --strings DIR``
+    train on).
+
+    Raises:
+        FinetuneError: ``init`` is not a finished string-model run. LabelledStringsError: a bad folder or
+            labels.tsv. ConfigError: a bad override.
+    """
+    import torch
+
+    from digitlab.data.string_batches import UserStrings, make_string_set
+    from digitlab.inference.labelled_strings import read_labelled_strings, split_strings
+    from digitlab.inference.lines import prepare_line
+    from digitlab.models.ctc import text_to_targets
+    from digitlab.training.finetune import finetune_config, init_spec
+
+    spec = init_spec(init, strings=True)
+    folder = read_labelled_strings(strings)
+    cfg = finetune_config(init, strings=strings, n_strings=len(folder), overrides=list(overrides))
+    assert cfg.finetune is not None
+    train_part, val_part = split_strings(folder, cfg.finetune.val_fraction, cfg.seed)
+
+    def prepared(part: Any) -> Any:
+        lines = [prepare_line(gray, height=cfg.strings.height).image for gray in part.grays]
+        targets, lengths = text_to_targets(part.texts)
+        if not lines:  # no held-out strings: an empty set of the right shape
+            return make_string_set(torch.zeros(0, 1, cfg.strings.height, 4), targets, lengths,
+                                   torch.zeros(0, dtype=torch.int64))
+        return make_string_set(lines, targets, lengths)
+
+    user = UserStrings(prepared(train_part), prepared(val_part), spec)
+    if log:
+        log(f"user strings: {len(user.train)} to train on, {len(user.val)} held out for validation")
+    return cfg, user
+
+
 def train(recipe: str = "default", overrides: Mapping[str, Any] | Sequence[str] | None = None, *,
           out: str | os.PathLike[str] = "runs", seed: int | None = None, calibrate: bool = True,
           show_progress: bool = False, log: Callable[[str], None] | None = None,
-          init: str | os.PathLike[str] | None = None, images: str | os.PathLike[str] | None = None) -> "TrainResult":
+          init: str | os.PathLike[str] | None = None, images: str | os.PathLike[str] | None = None,
+          strings: str | os.PathLike[str] | None = None) -> "TrainResult":
     """Train a recipe into a new run directory, then fit its rejection, as ``digitlab train`` does.
 
     With ``init`` and ``images``, fine-tune the trained run ``init`` on the labelled folder ``images``
@@ -108,9 +150,13 @@ def train(recipe: str = "default", overrides: Mapping[str, Any] | Sequence[str] 
     from digitlab.training.finetune import FinetuneError
 
     sets = _override_strings(overrides) + ([f"seed={seed}"] if seed is not None else [])
-    if (init is None) != (images is None):
-        raise FinetuneError("fine-tuning needs both init (a trained run) and images (a labelled folder)")
-    if init is not None and images is not None:
+    if (init is None) != (images is None and strings is None) or (images is not None and strings is not None):
+        raise FinetuneError("fine-tuning needs init (a trained run) and one labelled folder: images (digits) or "
+                            "strings (a string model's)")
+    if init is not None and strings is not None:
+        cfg, user = prepare_finetune_strings(init, strings, sets, log=log)
+        result = train_run(cfg, out_root=out, show_progress=show_progress, log=log, user_strings=user)
+    elif init is not None and images is not None:
         cfg, digits = prepare_finetune(init, images, sets, log=log)
         result = train_run(cfg, out_root=out, show_progress=show_progress, log=log, user_digits=digits)
     else:

@@ -287,11 +287,14 @@ def train(
                                               "preprocessing and recipe) on --images, into a new run.")] = None,
     images: Annotated[Path | None, typer.Option("--images", help="With --init: a labelled folder of your digits "
                                                 "(sub-folders 0-9, image files inside).")] = None,
+    strings: Annotated[Path | None, typer.Option("--strings", help="With --init RUN of a string model: a folder of "
+                                                 "your strings (images and labels.tsv: file, TAB, string).")] = None,
 ) -> None:
     """Train a recipe into a new run directory; print its best validation and its test accuracy.
 
     With --init RUN --images DIR, fine-tune RUN on your own labelled digits mixed with MNIST's
-    (docs/decisions.md#fine-tuning); the new run's config.yaml records RUN (finetune:).
+    (docs/decisions.md#fine-tuning); the new run's config.yaml records RUN (finetune:). With --init RUN
+    --strings DIR, fine-tune a string model (--recipe strings) on your labelled strings, mixed with synthetic ones.
     Also runs unchanged under torchrun (torchrun --nproc-per-node N -m digitlab train ...).
     """
     from digitlab.training import config_from_recipe, list_recipes, resume_run, train_run
@@ -306,8 +309,10 @@ def train(
         return
     if resume is not None and sets:
         raise typer.BadParameter("--resume continues a run with its own config: drop --set and --seed")
-    if (init is None) != (images is None):
-        raise typer.BadParameter("--init RUN and --images DIR go together (fine-tune RUN on your labelled digits)")
+    folder = images if images is not None else strings
+    if (init is None) != (folder is None) or (images is not None and strings is not None):
+        raise typer.BadParameter("--init RUN goes with one of --images DIR (your labelled digits) or --strings DIR "
+                                 "(your labelled strings)")
     if init is not None and (resume is not None or recipe != "default"):
         raise typer.BadParameter("--init takes the recipe from RUN: drop --recipe and --resume (--set still works)")
     _refuse_run_folder(out_root)
@@ -327,13 +332,19 @@ def train(
         args = ["train", "--recipe", recipe, "--out", str(out_root), *(a for s in sets for a in ("--set", s))]
         args += (["--resume", str(resume)] if resume is not None else []) + (["--quiet"] if quiet else [])
         args += [] if calibrate else ["--no-calibrate"]
-        args += ["--init", str(init), "--images", str(images)] if init is not None else []
+        args += ["--init", str(init), "--images" if images is not None else "--strings", str(folder)] \
+            if init is not None else []
         launch_local(nproc, args)
         return
     # One line per epoch always; the live bar only on a terminal (in a log file it is noise).
     show_bar = not quiet and sys.stderr.isatty()
     if resume is not None:
         result = resume_run(resume, show_progress=show_bar, log=_log)
+    elif init is not None and strings is not None:
+        from digitlab.api import prepare_finetune_strings
+
+        cfg, user = prepare_finetune_strings(init, strings, sets, log=_log)
+        result = train_run(cfg, out_root=out_root, show_progress=show_bar, log=_log, user_strings=user)
     elif init is not None and images is not None:
         from digitlab.api import prepare_finetune
 

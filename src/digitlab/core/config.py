@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import to_jsonable_python
 
 from digitlab.core.errors import DigitlabError, describe_validation_error
@@ -123,13 +123,22 @@ class FinetuneSection(_Strict):
 
     init: str = Field(description="the run whose weights training started from")
     init_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the init run's model.safetensors")
-    images: str = Field(description="the labelled folder of the user's digits (sub-folders 0-9)")
-    n_images: dict[str, int] = Field(description="user digits used per class (those where a digit was found)")
+    images: str | None = Field(None, description="the labelled folder of the user's digits (sub-folders 0-9)")
+    n_images: dict[str, int] = Field(default_factory=dict, description="user digits used per class (those where a "
+                                     "digit was found)")
+    strings: str | None = Field(None, description="the labelled folder of the user's strings (images + labels.tsv)")
+    n_strings: int = Field(0, ge=0, description="user strings used (training and held out)")
     n_not_found: int = Field(0, ge=0, description="user images where no digit was found (left out)")
     val_fraction: float = Field(0.2, ge=0, lt=1, description="share of each class's user digits held out for "
                                 "validation (when every class has enough)")
     user_share: float = Field(0.25, gt=0, lt=1, description="share of the training set made of the user's digits "
-                              "(repeated to reach it)")
+                              "or strings (repeated to reach it)")
+
+    @model_validator(mode="after")
+    def _one_folder(self) -> "FinetuneSection":
+        if (self.images is None) == (self.strings is None):
+            raise ValueError("a fine-tune is on one labelled folder: images (digits) or strings")
+        return self
 
 
 class RunConfig(_Strict):

@@ -16,12 +16,14 @@ its share of every global batch, as ``BatchLoader`` does.
 """
 
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from digitlab.core.fileio import atomic_path
 from digitlab.data.errors import DataError
 from digitlab.data.preprocess import PreprocessSpec
 from digitlab.data.synth_strings import StringOptions, synthetic_strings
@@ -211,3 +213,51 @@ class StringBatches:
 def _pad_last(t: torch.Tensor, size: int) -> torch.Tensor:
     """``t`` zero-padded on its last axis to ``size``."""
     return torch.nn.functional.pad(t, (0, size - t.shape[-1])) if t.shape[-1] < size else t
+
+
+USER_STRINGS_FILE = "user_strings.safetensors"  # in a run fine-tuned on a user's labelled strings
+_META_SPEC = "digitlab.preprocess"
+
+
+@dataclass(frozen=True)
+class UserStrings:
+    """A user's prepared strings, split into training and held-out validation, and the spec they were prepared
+    for (the init run's)."""
+
+    train: StringSet
+    val: StringSet
+    spec: PreprocessSpec
+
+
+def save_user_strings(path: str | os.PathLike[str], strings: UserStrings) -> None:
+    """Write the strings (lines as uint8: the file stays small) and their spec as one safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {f"{part}_{key}": value for part, s in (("train", strings.train), ("val", strings.val))
+               for key, value in (("lines", (s.lines * 255).round().to(torch.uint8)), ("widths", s.widths),
+                                  ("targets", s.targets), ("target_lengths", s.target_lengths))}
+    with atomic_path(path, overwrite=True) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={_META_SPEC: strings.spec.to_json()})
+
+
+def load_user_strings(path: str | os.PathLike[str]) -> UserStrings:
+    """Read what ``save_user_strings`` wrote.
+
+    Raises:
+        DataError: a missing or unreadable file; one line.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+        parts = [StringSet(t[f"{p}_lines"].float() / 255, t[f"{p}_widths"], t[f"{p}_targets"],
+                           t[f"{p}_target_lengths"]) for p in ("train", "val")]
+    except (OSError, SafetensorError, KeyError) as e:
+        raise DataError(f"{path}: cannot read the run's user strings: {str(e).splitlines()[0] if str(e) else e!r}") \
+            from None
+    if _META_SPEC not in meta:
+        raise DataError(f"{path}: no preprocessing spec in its metadata")
+    return UserStrings(parts[0], parts[1], PreprocessSpec.from_json(meta[_META_SPEC], source=str(path)))

@@ -54,7 +54,14 @@ from digitlab.data.loading import Dataset, load_dataset
 from digitlab.data.nondigits import cached_nondigits
 from digitlab.data.preprocess import PreprocessSpec, compute_preprocess_spec
 from digitlab.data.splits import run_split
-from digitlab.data.string_batches import StringBatches, StringSet
+from digitlab.data.string_batches import (
+    USER_STRINGS_FILE,
+    StringBatches,
+    StringSet,
+    UserStrings,
+    load_user_strings,
+    save_user_strings,
+)
 from digitlab.data.styles import synthetic_digits
 from digitlab.models.registry import count_parameters, create_model, get_entry, make_config
 from digitlab.models.runtime import autocast_dtype, predict_logits, resolve_device
@@ -262,8 +269,8 @@ def _model_json(cfg: RunConfig, ds: Dataset, spec: PreprocessSpec, n_params: int
         "class_names": ["<blank>", *alphabet] if kind == "sequence" else list(ds.spec.class_names),
         "dataset": ds.spec.name,
         "preprocess": spec.model_dump(mode="json"),
-        **({"finetuned_from": cfg.finetune.model_dump(mode="json", include={"init", "init_sha256", "images",
-                                                                          "n_images"})} if cfg.finetune else {}),
+        **({"finetuned_from": cfg.finetune.model_dump(mode="json", exclude_none=True, include={
+            "init", "init_sha256", "images", "n_images", "strings", "n_strings"})} if cfg.finetune else {}),
     }
 
 
@@ -328,6 +335,7 @@ def train_run(
     callbacks: Sequence[EpochCallback] = (),
     evaluate_test: bool = True,
     user_digits: UserDigits | None = None,
+    user_strings: UserStrings | None = None,
 ) -> TrainResult:
     """Train ``cfg`` into a new run directory (or continue ``run`` when ``resume``).
 
@@ -342,6 +350,7 @@ def train_run(
         evaluate_test: measure the test split once at the end; False leaves it unread (tuning).
         user_digits: a fine-tuning run's (``cfg.finetune``) prepared user digits; kept in the run directory, from
             where a resumed run reads them.
+        user_strings: likewise, a string model's fine-tuning run's prepared user strings.
 
     Everything that can fail on the config (data, split, model, batches, optimizer, schedule) runs before a new
     run directory is created; while it trains, the run is locked (``RunDir.locked``); SIGTERM ends it as
@@ -372,7 +381,14 @@ def train_run(
                 held.enter_context(run.locked())
             ds = load_dataset(cfg.data.dataset, cfg.data.data_dir)
             split = prepare_split(cfg, ds)
-            if cfg.finetune is not None:  # the init run's spec and weights; the user's digits mixed in
+            if cfg.finetune is not None and cfg.finetune.strings is not None:  # a string model on the user's strings
+                if user_strings is None:
+                    if run is None:
+                        raise FinetuneError("a fine-tuning config on strings needs the user's strings: use "
+                                            "digitlab train --init RUN --strings DIR")
+                    user_strings = load_user_strings(run.file(USER_STRINGS_FILE))
+                spec = user_strings.spec
+            elif cfg.finetune is not None:  # the init run's spec and weights; the user's digits mixed in
                 if user_digits is None:
                     if run is None:
                         raise FinetuneError("a fine-tuning config (finetune:) needs the user's digits: use "
@@ -386,8 +402,11 @@ def train_run(
             model = create_model(cfg.model.name, **_model_kwargs(cfg, ds, entry.kind))
             if cfg.finetune is not None and not resume:  # a resumed run takes its weights from its checkpoint
                 load_init_weights(model, cfg)
-            setup = _setup_torch(cfg, split, spec, model, d, device, entry.kind) if entry.kind != "classical" \
-                else None
+            user = {} if user_strings is None or cfg.finetune is None else {
+                "user_strings": user_strings.train, "user_val": user_strings.val,
+                "user_share": cfg.finetune.user_share}
+            setup = _setup_torch(cfg, split, spec, model, d, device, entry.kind, **user) \
+                if entry.kind != "classical" else None
             if run is None:  # only now: a config that fails above leaves no run directory behind
                 tag = "finetune" if cfg.finetune is not None else cfg.recipe if cfg.recipe != cfg.model.name else ""
                 run = RunDir.create(out_root, model=cfg.model.name, tag=tag) if d.is_main else None
@@ -400,6 +419,8 @@ def train_run(
                 run.write_text(RunDir.CONFIG, dump_config(cfg))
                 if user_digits is not None and cfg.finetune is not None:
                     save_user_digits(run.file(USER_DIGITS_FILE), user_digits)
+                if user_strings is not None and cfg.finetune is not None:
+                    save_user_strings(run.file(USER_STRINGS_FILE), user_strings)
             if setup is None:
                 return _train_classical(cfg, run, ds, split, spec, model, log, evaluate_test)
             return _train_torch(cfg, run, ds, split, spec, setup, d, device, resume=resume,
