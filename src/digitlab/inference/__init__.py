@@ -26,6 +26,12 @@ _WHERE = {
     "Digit": "strings",
     "DigitString": "strings",
     "read_digits": "strings",
+    "PreparedLine": "lines",
+    "batch_lines": "lines",
+    "prepare_line": "lines",
+    "StringReader": "sequence",
+    "StringReaderError": "sequence",
+    "StringReading": "sequence",
 }
 __all__ = [
     "Digit",
@@ -36,19 +42,27 @@ __all__ = [
     "Predictor",
     "PredictorError",
     "Prepared",
+    "PreparedLine",
     "Rejection",
     "RejectionError",
     "RejectionPolicy",
+    "StringReader",
+    "StringReaderError",
+    "StringReading",
+    "batch_lines",
     "calibrate_run",
     "prepare_image",
+    "prepare_line",
     "read_digits",
     "softmax",
 ]
 
 if TYPE_CHECKING:
+    from digitlab.inference.lines import PreparedLine, batch_lines, prepare_line
     from digitlab.inference.predictor import ImagePrediction, Predictions, Predictor, PredictorError
     from digitlab.inference.prepare import ImageError, Prepared, prepare_image
     from digitlab.inference.rejection import Rejection, RejectionError, RejectionPolicy, calibrate_run, softmax
+    from digitlab.inference.sequence import StringReader, StringReaderError, StringReading
     from digitlab.inference.strings import Digit, DigitString, read_digits
 
 

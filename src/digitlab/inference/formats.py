@@ -12,6 +12,14 @@ Rejection (``inference.rejection``): the ``REJECTION_FILE`` in a run directory a
 policy and the detector's weights); in an ONNX file the policy JSON under ``META_REJECTION``, and the
 detector inside the graph as the second output.
 
+String models (kind ``"sequence"``, e.g. ``crnn``): the reading policy is ``READING_FILE`` (reading.json,
+``{"min_confidence": float, ...}``: a string whose confidence is below it is rejected) in a run directory and a
+hub folder, and the same JSON under ``META_READING`` in an ONNX file. Their ONNX file differs from a digit
+model's: input ``ONNX_INPUT`` float32 ``(N, 1, H, W)``, lines prepared by ``inference.lines.prepare_line`` in
+[0, 1] then standardised (``(x - mean) / std`` of the spec: ``PreprocessSpec.standardize``), dynamic batch and
+width (W a multiple of 4); output ``ONNX_LOG_PROBS`` float32 ``(N, W / 4, 1 + len(alphabet))`` CTC
+log-probabilities (class 0 the blank, class k + 1 ``alphabet[k]``).
+
 ONNX file
     input ``ONNX_INPUT``: float32 ``(N, C, H, W)``, already normalised by the preprocessing spec
     (``PreprocessSpec.normalize``: the same code path as the torch backend); dynamic batch axis.
@@ -36,10 +44,13 @@ from digitlab.data.preprocess import PreprocessSpec
 ONNX_INPUT = "input"
 ONNX_OUTPUT = "logits"
 ONNX_SCORE = "nondigit_score"
+ONNX_LOG_PROBS = "log_probs"  # a string model's output
 
 META_MODEL = "digitlab.model"
 META_REJECTION = "digitlab.rejection"
 META_VERSION = "digitlab.version"
+META_READING = "digitlab.reading"  # a string model's reading policy (READING_FILE's JSON)
+READING_FILE = "reading.json"
 
 HUB_CONFIG = "config.json"
 HUB_WEIGHTS = "model.safetensors"
@@ -54,7 +65,7 @@ class ModelInfo(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     name: str
-    kind: Literal["torch", "classical"]
+    kind: Literal["torch", "classical", "sequence"]  # sequence: a string model (CTC over a line)
     args: dict[str, Any]
     class_names: list[str]
     preprocess: PreprocessSpec
