@@ -26,15 +26,25 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from digitlab import __version__
 from digitlab.core.rundir import RunDir, check_output
 from digitlab.export.errors import ExportError
-from digitlab.export.onnx import DEFAULT_OPSET, EXPORT_DIR, export_onnx, exports_detector, load_torch_predictor
+from digitlab.export.onnx import (
+    DEFAULT_OPSET,
+    EXPORT_DIR,
+    export_onnx,
+    exports_detector,
+    load_torch_predictor,
+    run_info,
+)
 from digitlab.inference.formats import (
     HUB_CARD,
     HUB_CONFIG,
     HUB_ONNX,
     HUB_WEIGHTS,
     ONNX_INPUT,
+    ONNX_LOG_PROBS,
     ONNX_OUTPUT,
     ONNX_SCORE,
+    READING_FILE,
+    ModelInfo,
 )
 from digitlab.inference.predictor import Predictor
 from digitlab.inference.rejection import REJECTION_FILE
@@ -63,7 +73,7 @@ def is_hub_folder(path: str | os.PathLike[str]) -> bool:
 
 def export_hub(run: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
                opset: int = DEFAULT_OPSET, log: Callable[[str], None] | None = None) -> Path:
-    """Write the hub folder of a torch run.
+    """Write the hub folder of a torch run (a digit classifier or a string model).
 
     Args:
         run: a run directory written by ``digitlab train`` (evaluated or not: the card says which).
@@ -79,7 +89,8 @@ def export_hub(run: str | os.PathLike[str], out: str | os.PathLike[str] | None =
     """
     say = log or (lambda _msg: None)
     rundir = RunDir.open(run)
-    predictor = load_torch_predictor(rundir.path)
+    info = run_info(rundir)
+    predictor = load_torch_predictor(rundir.path) if info.kind != "sequence" else None
     target = Path(out) if out is not None else default_hub_path(rundir.path)
     if out is not None:  # never one of a run's own folders; an existing hub folder is replaced (below)
         check_output(target, force=True)
@@ -91,12 +102,17 @@ def export_hub(run: str | os.PathLike[str], out: str | os.PathLike[str] | None =
         os.chmod(work, 0o777 & ~_umask())  # mkdtemp makes it private; the folder is meant to be shared
         onnx_result = export_onnx(rundir.path, work / HUB_ONNX, opset=opset, log=say)
         shutil.copyfile(rundir.file(RunDir.WEIGHTS), work / HUB_WEIGHTS)
-        config = {**predictor.info.model_dump(mode="json"), "digitlab_version": __version__}
+        config = {**info.model_dump(mode="json"), "digitlab_version": __version__}
         (work / HUB_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        if predictor.rejection is not None:  # its detector is the one model.onnx carries, for the torch backend
-            shutil.copyfile(rundir.file(REJECTION_FILE), work / REJECTION_FILE)
-        metrics = read_eval_metrics(rundir, predictor, say)
-        model_card(rundir, predictor, metrics, onnx_result).save(work / HUB_CARD)
+        if predictor is None:  # a string model: its reading policy, and a card that says it reads strings
+            if (rundir.path / READING_FILE).is_file():
+                shutil.copyfile(rundir.path / READING_FILE, work / READING_FILE)
+            sequence_card(rundir, info, onnx_result).save(work / HUB_CARD)
+        else:
+            if predictor.rejection is not None:  # its detector is the one model.onnx carries, for the torch backend
+                shutil.copyfile(rundir.file(REJECTION_FILE), work / REJECTION_FILE)
+            metrics = read_eval_metrics(rundir, predictor, say)
+            model_card(rundir, predictor, metrics, onnx_result).save(work / HUB_CARD)
         _swap_into_place(work, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)  # gone already when it was renamed into place
@@ -359,6 +375,89 @@ def _card_body(model_name: str, title: str, recipe: str, cfg: dict[str, Any], cf
         "",
     ]
     return "\n".join(lines)
+
+
+def sequence_card(run: RunDir, info: ModelInfo, onnx_result: dict[str, Any]) -> ModelCard:
+    """The README.md of a string model's hub folder: it reads whole lines of handwritten digits."""
+    cfg, cfg_text, results = _read_yaml(run.file(RunDir.CONFIG)), _read_text(run.file(RunDir.CONFIG)), \
+        _read_json(run.file(RunDir.RESULTS))
+    recipe = str(cfg.get("recipe") or "custom")
+    model_name = f"digitlab-{info.name}-{recipe}"
+    spec, args, parity = info.preprocess, info.args, onnx_result["parity"]
+    alphabet = str(args.get("alphabet", ""))
+    h = int((args.get("input_size") or (32,))[0])
+    n_params = info.n_params
+    policy = _read_json(run.path / READING_FILE)
+    threshold = policy.get("min_confidence")
+    test_acc = results.get("test_acc")
+    data = ModelCardData(license="mit", library_name="digitlab", pipeline_tag="image-to-text",
+                         datasets=[HUB_DATASETS.get(str(info.dataset or "mnist"), str(info.dataset or "mnist"))],
+                         tags=["digitlab", "ocr", "handwritten-digits", "digit-strings", "ctc", info.name, "onnx",
+                               "safetensors"], model_name=model_name)
+    lines = [
+        f"# {model_name}",
+        "",
+        f"A reader of handwritten digit strings ({info.name}"
+        + (f", {n_params:,} parameters" if n_params else "") + "): amounts, dates and codes as they are written, "
+        f"one line per image, read whole (no segmentation into digits). It reads the digits and the separators "
+        f"`{' '.join(c for c in alphabet if not c.isdigit())}` (alphabet `{alphabet}`) and gives each character a "
+        "confidence. Trained with digitlab's recipe "
+        f"`{recipe}` on synthetic strings drawn from MNIST training digits (touching and overlapping digits, "
+        "separators, underlines, ruled lines, cheque-like paper, blur, noise).",
+        "",
+        "## Model description",
+        "",
+        f"- **Architecture**: `{info.name}`: {get_entry(info.name).summary}",
+        f"- **Input**: a line {h} px tall and any width (a multiple of 4): light ink on a dark background, the digits' "
+        f"body about 0.72 of the height with its bottom at 0.8 of it, pixels in [0, 1] standardised with mean "
+        f"{spec.mean:.4f} and standard deviation {spec.std:.4f}: float32 `(N, 1, {h}, W)`.",
+        f"- **Output**: `{ONNX_LOG_PROBS}`, CTC log-probabilities `(N, W / 4, {1 + len(alphabet)})`: class 0 is "
+        "the blank, class k + 1 the alphabet's k-th character; decode by best path (collapse repeats, drop blanks) "
+        "or prefix beam search.",
+        "- **Test strings read whole**: " + (f"{test_acc:.2%} of synthetic test strings (MNIST test digits)."
+                                             if isinstance(test_acc, int | float) else "not recorded."),
+        "",
+        "Files: `model.safetensors` (PyTorch weights), `model.onnx` (opset "
+        f"{onnx_result['opset']}, dynamic batch and width; its log-probabilities match PyTorch's to "
+        f"{parity['max_abs_diff']:.1e} at most on {parity['inputs']}), `config.json` (architecture, alphabet, "
+        "preprocessing)" + (", `reading.json` (the reading policy, also in `model.onnx`'s metadata)"
+                            if threshold is not None else "") + ".",
+        "",
+        "## Intended use and limitations",
+        "",
+        "- Reading short handwritten numbers written on one line: cheque amounts, dates, postal codes, form fields. "
+        "Crop the line first (a region of a form); several lines in one image are not read.",
+        "- Digits and the separators above only: letters, currency signs and other symbols are read as the nearest "
+        "character or dropped.",
+        "- Trained on synthetic strings: accuracy on real handwriting (other writers, pens, scanners) is lower; "
+        "measure it on data like yours, and fine-tune on your labelled strings (`digitlab train --init RUN "
+        "--strings DIR`).",
+        ("- **Confidence.** A string's confidence is the product of its characters' confidences; the reader "
+         f"rejects strings below {threshold:.3f} by default (chosen on validation strings)."
+         if isinstance(threshold, int | float) else
+         "- **Confidence.** A string's confidence is the product of its characters' confidences; no threshold was "
+         "fitted, so every string is answered."),
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from digitlab.inference import StringReader",
+        "",
+        'reader = StringReader.from_path("<folder>")     # this folder (or its model.onnx)',
+        'reading = reader.read_one("amount.png")       # any scan or photo of one line',
+        "reading.text, reading.digits, reading.confidence, reading.rejected",
+        "```",
+        "",
+        "## Training configuration",
+        "",
+        "```yaml",
+        cfg_text.rstrip() or "# not available",
+        "```",
+        "",
+        f"Exported by digitlab {__version__}.",
+        "",
+    ]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
 def _augment_summary(augment: dict[str, Any]) -> str:

@@ -56,11 +56,17 @@ from digitlab.inference.formats import (
     HUB_ONNX,
     HUB_ONNX_INT8,
     META_MODEL,
+    META_READING,
     META_REJECTION,
     META_VERSION,
     ONNX_INPUT,
+    ONNX_LOG_PROBS,
     ONNX_OUTPUT,
     ONNX_SCORE,
+    READING_FILE,
+    ModelInfo,
+    ModelInfoError,
+    read_model_info,
 )
 from digitlab.inference.predictor import Predictor
 
@@ -78,6 +84,10 @@ BATCH = 1000
 # Not 0 or 1: torch.export specialises those sizes, and the batch axis must stay symbolic.
 EXAMPLE_BATCH = 2
 BATCH_AXIS = "batch"
+WIDTH_AXIS = "width"  # a string model's line width (its input's last axis), and its output's frames
+FRAMES_AXIS = "frames"
+# A string model's parity: lines of two widths and two batch sizes other than the example's (2 x 128).
+SEQUENCE_PARITY = ((3, 64), (1, 212))
 
 
 def default_onnx_path(run: str | os.PathLike[str]) -> Path:
@@ -95,6 +105,10 @@ def export_onnx(run: str | os.PathLike[str], out: str | os.PathLike[str] | None 
                 quantize: str | None = None, log: Callable[[str], None] | None = None,
                 force: bool = False) -> dict[str, Any]:
     """Export a torch run to ONNX, check it, and optionally quantize it to INT8.
+
+    A string model's run (model.json kind ``sequence``) exports in float32 only: input lines of any width, output
+    ``log_probs``, the reading policy in the metadata (``inference.formats``), parity checked at two batch sizes
+    and widths.
 
     Args:
         run: a run directory written by ``digitlab train``.
@@ -124,6 +138,8 @@ def export_onnx(run: str | os.PathLike[str], out: str | os.PathLike[str] | None 
         raise ExportError(f"opset {opset}: digitlab exports opset {MIN_OPSET} or newer")
     rundir = RunDir.open(run)
     cfg = _run_config(rundir)
+    if run_info(rundir).kind == "sequence":
+        return _export_sequence(rundir, out, opset=opset, quantize=quantize, say=say, force=force)
     predictor = load_torch_predictor(rundir.path)
     target = Path(out) if out is not None else default_onnx_path(rundir.path)
     if target.is_dir():  # --out FOLDER means FOLDER/model.onnx
@@ -182,6 +198,119 @@ def export_onnx(run: str | os.PathLike[str], out: str | os.PathLike[str] | None 
     if out is None:
         atomic_write_text(rundir.path / EXPORT_DIR / RECORD, json.dumps(result, indent=2) + "\n")
     return result
+
+
+def run_info(run: RunDir) -> ModelInfo:
+    """The model description (model.json) of a run.
+
+    Raises:
+        ExportError: missing or unreadable.
+    """
+    path = run.file(RunDir.MODEL_JSON)
+    try:
+        return read_model_info(path.read_bytes(), source=str(path))
+    except OSError as e:
+        raise ExportError(f"{run.path}: no readable {RunDir.MODEL_JSON} ({e.strerror}); not a finished run") from None
+    except ModelInfoError as e:
+        raise ExportError(str(e)) from None
+
+
+def _export_sequence(rundir: RunDir, out: str | os.PathLike[str] | None, *, opset: int, quantize: str | None,
+                     say: Callable[[str], None], force: bool) -> dict[str, Any]:
+    """``export_onnx`` for a string model: input ``(N, 1, H, W)`` standardised lines, output ``ONNX_LOG_PROBS``
+    ``(N, W / 4, C)``, batch and width dynamic (TorchScript exporter: it keeps the LSTM's width symbolic), the
+    model description and the reading policy in the metadata; parity at two batch sizes and widths."""
+    from digitlab.inference.sequence import StringReader
+
+    if quantize is not None:
+        raise ExportError(f"{rundir.path}: a string model exports in float32 only (INT8 covers the digit classifiers)")
+    reader = StringReader.from_path(rundir.path, backend="torch", device="cpu")
+    model = reader.backend.model  # type: ignore[attr-defined]
+    target = Path(out) if out is not None else default_onnx_path(rundir.path)
+    if target.is_dir():
+        target = target / HUB_ONNX
+    if out is not None:
+        check_output(target, force=force)
+    say(f"exporting {reader.info.name} (a string model) to ONNX (opset {opset}, dynamic batch and width)")
+    start = time.perf_counter()
+    h, w = reader.height, int((reader.info.args.get("input_size") or (0, 128))[1])
+    example = torch.from_numpy(_random_lines(EXAMPLE_BATCH, h, w, reader, seed=0))
+    buffer = io.BytesIO()
+    try:
+        with _quiet():
+            torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset,
+                              input_names=[ONNX_INPUT], output_names=[ONNX_LOG_PROBS],
+                              dynamic_axes={ONNX_INPUT: {0: BATCH_AXIS, 3: WIDTH_AXIS},
+                                            ONNX_LOG_PROBS: {0: BATCH_AXIS, 1: FRAMES_AXIS}})
+    except Exception as e:  # the tracer's failures have no common type
+        raise ExportError(f"{reader.info.name}: cannot export to ONNX: {type(e).__name__}: {first_line(e)}") from None
+    proto = onnx.load_model_from_string(buffer.getvalue())
+    meta = {META_MODEL: reader.info.model_dump_json(), META_VERSION: __version__}
+    policy = rundir.path / READING_FILE
+    if policy.is_file():
+        meta[META_READING] = json.dumps(json.loads(policy.read_text(encoding="utf-8")))
+    set_metadata(proto, meta)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ExportError(f"{reader.info.name}: the exported graph fails onnx.checker: {first_line(e)}") from None
+    _check_batch_axis(proto)
+    for value in proto.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) != 4 or not dims[3].dim_param:
+            raise ExportError(f"the exported graph's {value.name!r} has a fixed width; a string model reads any width")
+    inputs = "random lines (" + ", ".join(f"{n} x {w}" for n, w in SEQUENCE_PARITY) + " px)"
+    with atomic_path(target, overwrite=force or out is None) as tmp:
+        onnx.save_model(proto, str(tmp))
+        parity = _sequence_parity(tmp, reader, inputs=inputs)  # on the temp file: a failure is never renamed in
+    say(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB, {time.perf_counter() - start:.1f} s); parity with "
+        f"torch: max |log-probability difference| {parity['max_abs_diff']:.2e} on {inputs}")
+    result: dict[str, Any] = {
+        "run": str(rundir.path),
+        "model": reader.info.name,
+        "kind": "sequence",
+        "onnx": str(target),
+        "size_bytes": target.stat().st_size,
+        "weights_size_bytes": _size(rundir.file(RunDir.WEIGHTS)),
+        "opset": _default_opset(proto),
+        "exporter": "torchscript",
+        "parity": parity,
+        "detector": False,
+        "int8": None,
+    }
+    if out is None:
+        atomic_write_text(rundir.path / EXPORT_DIR / RECORD, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _random_lines(n: int, h: int, w: int, reader: Any, *, seed: int) -> np.ndarray:
+    """``n`` standardised lines of uniform noise in [0, 1] (every pixel value the model can be fed)."""
+    from digitlab.inference.sequence import standardize_lines
+
+    return standardize_lines(np.random.default_rng(seed).random((n, 1, h, w), dtype=np.float32), reader.spec)
+
+
+def _sequence_parity(path: Path, reader: Any, *, inputs: str) -> dict[str, Any]:
+    """Log-probabilities of the ONNX file against torch's at ``SEQUENCE_PARITY``'s batch sizes and widths.
+
+    Raises:
+        ExportError: a difference above ``PARITY_TOLERANCE`` (or a NaN), or a wrong output shape.
+    """
+    sess = session(path)
+    diff, n = 0.0, 0
+    for i, (batch, width) in enumerate(SEQUENCE_PARITY):
+        x = _random_lines(batch, reader.height, width, reader, seed=i + 1)
+        (got,) = sess.run([ONNX_LOG_PROBS], {ONNX_INPUT: x})
+        want = reader.backend.log_probs(x)
+        if got.shape != want.shape:
+            raise ExportError(f"{reader.info.name}: the ONNX output is {got.shape} for a {batch} x {width} batch, "
+                              f"torch's {want.shape}; the file was not written")
+        diff, n = max(diff, _max_diff(got, want)), n + batch
+    if not diff <= PARITY_TOLERANCE:
+        raise ExportError(f"{reader.info.name}: the ONNX log-probabilities differ from torch's by up to {diff:.3g} "
+                          f"on {inputs} (tolerance {PARITY_TOLERANCE:g}); the file was not written")
+    return {"max_abs_diff": diff, "n": n, "inputs": inputs, "tolerance": PARITY_TOLERANCE,
+            "shapes": [list(s) for s in SEQUENCE_PARITY]}
 
 
 def load_torch_predictor(run_path: str | os.PathLike[str]) -> Predictor:
