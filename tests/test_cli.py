@@ -291,12 +291,14 @@ def test_predict_csv_with_multi_and_an_unreadable_file(tiny_run: Path, images: P
     result = runner.invoke(app, ["predict", str(tiny_run), str(images), "--multi", "--csv", str(target)])
     assert result.exit_code == 2, result.output  # an unreadable file; the others are still read
     rows = {Path(r["source"]).name: r for r in csv.DictReader(target.open())}
-    assert list(next(csv.reader(target.open()))) == ["source", "text", "confidence", "found", "digits", "error"]
+    assert list(next(csv.reader(target.open()))) == ["source", "text", "value", "confidence", "found", "reason",
+                                                     "reader", "digits", "error"]
     assert set(rows) == {"blank.png", "broken.png", "one.png"}
     assert rows["broken.png"]["error"] and not rows["broken.png"]["text"]
     assert rows["blank.png"]["found"] == "False" and rows["blank.png"]["text"] == ""
     one = rows["one.png"]
     assert one["found"] == "True" and len(one["text"]) == len(one["digits"].split()) >= 1
+    assert one["reader"] == "segmentation" and one["value"] == one["text"].replace("?", "")
     assert re.fullmatch(r"3 images: \d read, \d rejected \(1 with no digit found\), 1 unreadable", _summary(result))
 
 

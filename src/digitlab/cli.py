@@ -515,6 +515,7 @@ def predict(
     from digitlab.inference.batch import FileFailure, find_images, predict_files, write_csv
     from digitlab.inference.batch import save_prepared as save_image
     from digitlab.inference.prepare import parse_box
+    from digitlab.inference.strings import is_string_model, open_reader
 
     region = None if box is None else parse_box(box)  # a bad box fails before the model loads
     if region is not None and multi:
@@ -522,15 +523,21 @@ def predict(
 
     _refuse_existing(csv_path, force)  # before any work, not after minutes of it
     _refuse_run_folder(save_prepared)
-    predictor = Predictor.from_path(model, backend=backend)
-    if predictor.rejection is None and min_confidence is None:
-        err.print(f"note: {model} has no rejection fitted (`digitlab calibrate RUN`): every image with a digit-like "
-                  "shape gets a label", highlight=False)
+    string_model = is_string_model(model)
+    if string_model and not multi:
+        raise typer.BadParameter(f"{model} is a string model: it reads lines of digits; add --multi")
+    if multi and string_model:
+        reader: Any = open_reader(model, backend=backend)
+    else:
+        reader = predictor = Predictor.from_path(model, backend=backend)
+        if predictor.rejection is None and min_confidence is None:
+            err.print(f"note: {model} has no rejection fitted (`digitlab calibrate RUN`): every image with a "
+                      "digit-like shape gets a label", highlight=False)
     files = find_images(images)
     folder_given = any(p.is_dir() for p in images)
     if multi:
-        _predict_multi(predictor, files, as_json=as_json, min_confidence=min_confidence, polarity=polarity,
-                       csv_path=csv_path, force=force)
+        _predict_multi(reader, files, model=model, as_json=as_json, min_confidence=min_confidence,
+                       polarity=polarity, csv_path=csv_path, force=force)
         return
     results: list[Any] = []
     kw: dict[str, Any] = {"top_k": top_k, "min_confidence": min_confidence, "polarity": polarity, "deskew": deskew,
@@ -614,11 +621,16 @@ def _prediction_line(r: Any) -> str:
     return f"{r.source}: {r.label} ({r.confidence:.3f})  [{top}]"
 
 
-MULTI_CSV_FIELDS = ("source", "text", "confidence", "found", "digits", "error")
+MULTI_CSV_FIELDS = ("source", "text", "value", "confidence", "found", "reason", "reader", "digits", "error")
 
 
-def _predict_multi(predictor: Any, files: list[Path], *, as_json: bool, min_confidence: float | None,
+def _not_read(r: dict[str, Any]) -> bool:
+    return not r["found"] or r["rejected"] or any(d["rejected"] for d in r["digits"])
+
+
+def _predict_multi(reader: Any, files: list[Path], *, model: Path, as_json: bool, min_confidence: float | None,
                    polarity: str, csv_path: Path | None, force: bool) -> None:
+    """Each file a line: read whole by a string model, or cut into digits with a digit classifier."""
     from digitlab.core.fileio import write_csv_rows
     from digitlab.inference.prepare import ImageError
     from digitlab.inference.strings import read_digits
@@ -626,7 +638,7 @@ def _predict_multi(predictor: Any, files: list[Path], *, as_json: bool, min_conf
     records: list[dict[str, Any]] = []
     for f in files:
         try:
-            line = read_digits(f, predictor, polarity=polarity, min_confidence=min_confidence)  # type: ignore[arg-type]
+            line = read_digits(f, reader, polarity=polarity, min_confidence=min_confidence)  # type: ignore[arg-type]
         except ImageError as e:
             if len(files) == 1:
                 raise
@@ -634,25 +646,29 @@ def _predict_multi(predictor: Any, files: list[Path], *, as_json: bool, min_conf
             if not as_json:
                 out.print(f"error: {e}", highlight=False, markup=False)
             continue
-        records.append({"source": str(f), "text": line.text, "confidence": line.confidence, "found": line.found,
-                        "digits": [{"label": d.label, "confidence": d.confidence, "box": list(d.box),
-                                    "rejected": d.rejected} for d in line.digits]})
+        records.append({"source": str(f), **line.record()})
         if not as_json:
-            digits = " ".join(f"{d.label}:{d.confidence:.2f}" for d in line.digits)
-            out.print(f"{f}: {line.text or 'no digits found'}  [{digits}]", highlight=False, markup=False)
+            chars = " ".join(f"{d.label}:{d.confidence:.2f}" for d in line.digits)
+            if not line.found or not line.text:
+                shown = "no digits found"
+            elif line.rejected:
+                shown = f"not read: {line.rejected} (best guess {line.text})"
+            else:
+                shown = line.text
+            out.print(f"{f}: {shown}  [{chars}]", highlight=False, markup=False)
     if csv_path is not None:
-        rows = [{**r, "confidence": f"{r['confidence']:.6f}" if "confidence" in r else "",
+        rows = [{**{k: v for k, v in r.items() if k in MULTI_CSV_FIELDS},
+                 "confidence": f"{r['confidence']:.6f}" if "confidence" in r else "",
                  "digits": " ".join(f"{d['label']}:{d['confidence']:.4f}" for d in r.get("digits", []))}
                 for r in records]
         with _new_file(csv_path, force) as tmp:
             write_csv_rows(tmp, MULTI_CSV_FIELDS, rows)
         err.print(f"written: {csv_path}", highlight=False)
     if as_json:
-        typer.echo(json.dumps({"model": str(predictor.source), "strings": records}, indent=2))
+        typer.echo(json.dumps({"model": str(model), "strings": records}, indent=2))
     lines = [r for r in records if "error" not in r]
     unreadable = len(records) - len(lines)
-    _print_summary(len(files), read=sum(r["found"] and not any(d["rejected"] for d in r["digits"]) for r in lines),
-                   rejected=sum(not r["found"] or any(d["rejected"] for d in r["digits"]) for r in lines),
+    _print_summary(len(files), read=sum(not _not_read(r) for r in lines), rejected=sum(_not_read(r) for r in lines),
                    no_digit=sum(not r["found"] for r in lines), unreadable=unreadable)
     if unreadable:
         raise typer.Exit(EXIT_USAGE)
@@ -733,6 +749,9 @@ def serve(
                                          "model).")] = 1,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request (costs "
                                              "time under load).")] = False,
+    strings: Annotated[Path | None, typer.Option("--strings", exists=True, help="A string model (run, .onnx or hub "
+                                                 "folder: --recipe strings) that reads /v1/read's lines and the "
+                                                 "drawing page's strings whole.")] = None,
 ) -> None:
     """Serve the model: REST API (/v1/..., OpenAPI at /docs) and the drawing page at /. Limits, CORS and defaults
     come from DIGITLAB_SERVE_* variables (MAX_BODY_BYTES, MAX_BATCH, TIMEOUT_S, CORS_ORIGINS, TOP_K; for slow
@@ -745,25 +764,31 @@ def serve(
     from pydantic import ValidationError
 
     from digitlab.inference import Predictor
+    from digitlab.inference.sequence import StringReader
     from digitlab.serve import ServeSettings, create_app
     from digitlab.serve.protocol import HTTP_PROTOCOL
     from digitlab.serve.settings import ENV_PREFIX
 
     try:
-        settings = ServeSettings(model=model)
+        settings = ServeSettings(model=model, strings=strings)
     except ValidationError as e:  # a bad DIGITLAB_SERVE_* value
         first = e.errors()[0]
         raise typer.BadParameter(f"{ENV_PREFIX}{str(first['loc'][0]).upper()}: {first['msg']}") from None
     predictor = Predictor.from_path(model)  # a model that cannot load fails here, not in a worker
-    err.print(f"serving {predictor.name} ({model}) on http://{host}:{port}/ (API docs at /docs)")
+    string_reader = StringReader.from_path(strings) if strings is not None else None
+    lines = f"; lines read by {string_reader.info.name} ({strings})" if string_reader is not None else ""
+    err.print(f"serving {predictor.name} ({model}){lines} on http://{host}:{port}/ (API docs at /docs)")
     # slow clients: the request head's deadline (the protocol reads DIGITLAB_SERVE_HEADER_TIMEOUT_S), idle
     # kept-alive connections, and a cap on connections and requests (past it a 503 at once)
     if workers == 1:
-        uvicorn.run(create_app(settings, predictor=predictor), host=host, port=port, log_level="info",
+        uvicorn.run(create_app(settings, predictor=predictor, string_reader=string_reader), host=host, port=port,
+                    log_level="info",
                     access_log=access_log, http=HTTP_PROTOCOL, timeout_keep_alive=settings.keep_alive_s,
                     limit_concurrency=settings.max_connections)
         return
     os.environ[f"{ENV_PREFIX}MODEL"] = str(model.resolve())
+    if strings is not None:
+        os.environ[f"{ENV_PREFIX}STRINGS"] = str(strings.resolve())
     metrics_dir = tempfile.mkdtemp(prefix="digitlab-metrics-")
     # For the workers only: /metrics sums every worker's counts (Prometheus' multiprocess mode, files in
     # metrics_dir), and each worker's model threads share the cores (W workers x all cores oversubscribe).

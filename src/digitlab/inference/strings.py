@@ -40,15 +40,22 @@ first for lines of separated digits, where a needless cut costs a whole string, 
 ones (``benchmarks/bench_strings.py`` measures both on test digits).
 """
 
+import json
 import os
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
 from digitlab.data.preprocess import PreprocessSpec
+from digitlab.inference.formats import HUB_CONFIG, META_MODEL
+from digitlab.inference.sequence import StringReader
+
+if TYPE_CHECKING:
+    from digitlab.inference.predictor import Predictor
 from digitlab.inference.prepare import (
     FAINT_LEVEL,
     ImageError,
@@ -108,11 +115,13 @@ class Classifier(Protocol):
 
 @dataclass(frozen=True)
 class Digit:
-    """One digit of a string: its label, the model's probability for it, its box in the source."""
+    """One character of a string (a digit, or a separator ". , - /" from the string model): its label, the
+    model's probability for it, and its box in the source (None from the string model, which reads the line
+    as a whole and does not place characters)."""
 
     label: str
     confidence: float
-    box: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive) in the source image's pixels
+    box: tuple[int, int, int, int] | None  # x0, y0, x1, y1 (exclusive) in the source image's pixels
     rejected: bool = False  # confidence under ``min_confidence``
 
 
@@ -120,12 +129,27 @@ class Digit:
 class DigitString:
     """A line read left to right; ``found=False`` (and empty text) when the image holds no ink."""
 
-    text: str  # the labels left to right; "?" stands for a rejected digit
-    digits: list[Digit]
-    confidence: float  # product of the digits' confidences (1.0 for an empty string)
+    text: str  # as written: the characters left to right ("1.480"); "?" stands for a rejected digit
+    digits: list[Digit]  # one per character of ``text``
+    confidence: float  # product of the characters' confidences (1.0 for an empty string)
     found: bool
     inverted: bool = False  # dark ink on a light background was inverted
     notes: tuple[str, ...] = field(default_factory=tuple)  # "inverted", "2 digits cut from touching ink", ...
+    rejected: str | None = None  # why the whole string is not trusted, in plain words (None: it is)
+    reader: str = "segmentation"  # "sequence": a string model read it; "segmentation": cut into digits
+
+    @property
+    def value(self) -> str:
+        """The digits only, separators dropped: "1.480" -> "1480"."""
+        return "".join(c for c in self.text if c.isdigit())
+
+    def record(self) -> dict[str, Any]:
+        """As JSON-ready data (the CLI's --json, the service's /v1/read)."""
+        return {"text": self.text, "value": self.value, "confidence": self.confidence, "found": self.found,
+                "rejected": self.rejected is not None, "reason": self.rejected, "reader": self.reader,
+                "inverted": self.inverted, "notes": list(self.notes),
+                "digits": [{"label": d.label, "confidence": d.confidence, "box": list(d.box) if d.box else None,
+                            "rejected": d.rejected} for d in self.digits]}
 
 
 @dataclass
@@ -538,22 +562,34 @@ def _fit(pieces: list[_Piece], spec: PreprocessSpec) -> np.ndarray:
     return np.stack([fit_digit(p.crop, spec)[0] for p in pieces])
 
 
-def read_digits(source: str | os.PathLike[str] | bytes | Image.Image | np.ndarray, predictor: Classifier, *,
-                polarity: Polarity = "auto", min_confidence: float | None = None, n_digits: int | None = None,
-                max_digits: int = 64) -> DigitString:
-    """Read a line of handwritten digits left to right (see the module doc for the steps).
+def read_digits(source: str | os.PathLike[str] | bytes | Image.Image | np.ndarray,
+                predictor: "Classifier | StringReader", *, polarity: Polarity = "auto",
+                min_confidence: float | None = None, n_digits: int | None = None, max_digits: int = 64) -> DigitString:
+    """Read a line of handwritten digits left to right.
+
+    With a string model (a ``StringReader``: ``digitlab train --recipe strings``), the line is read whole
+    (``inference.sequence``): separators come back as written ("1.480"), touching digits stay whole, and a string
+    the model is unsure of is rejected (``rejected`` says why; ``text`` is still its best guess). With a digit
+    classifier (a ``Predictor``), the line is cut into digits and each is classified (the module doc's steps).
+    The string model reads real strings far better (docs/benchmarks.md#digit-strings); the segmentation reader
+    remains for those who have only a digit model, and for ``n_digits``.
 
     Args:
         source: a path, the file's bytes, a PIL image, or an array ((H, W) gray or (H, W, 3|4)).
-        predictor: a ``Predictor`` (or anything with its ``spec``, ``class_names`` and ``predict_proba``).
+        predictor: a ``StringReader``, or a ``Predictor`` (anything with its ``spec``, ``class_names`` and
+            ``predict_proba``).
         polarity: "auto" decides from the background; "dark-on-light" or "light-on-dark" forces it.
-        min_confidence: digits less probable than this are marked rejected and shown as "?" in the text.
-        n_digits: how many digits the line holds, when known (a postal code): the reading is then the
-            best one with exactly that many, when there is one (else a note says so).
+        min_confidence: the string model: strings less confident than this are rejected (default: the
+            threshold chosen on validation strings, ``reading.json``); the segmentation reader: digits less
+            probable than this are marked rejected and shown as "?" in the text.
+        n_digits: how many digits the line holds, when known (a postal code): the segmentation reader then
+            returns the best reading with exactly that many, when there is one (else a note says so); the string
+            model rejects a reading with another number of digits.
         max_digits: at most this many connected pieces are read (the leftmost); more is noted as "truncated".
 
     Returns:
-        The string, its digits with confidences and source boxes, and ``found=False`` for a blank image.
+        The string, its characters with confidences (and source boxes from the segmentation reader), and
+        ``found=False`` for a blank image.
 
     Raises:
         ImageError: the source is not a readable image.
@@ -561,6 +597,8 @@ def read_digits(source: str | os.PathLike[str] | bytes | Image.Image | np.ndarra
     """
     if (n_digits is not None and n_digits < 1) or max_digits < 1:
         raise ValueError(f"n_digits={n_digits}, max_digits={max_digits}: a line holds at least one digit")
+    if isinstance(predictor, StringReader):
+        return _read_whole(source, predictor, polarity=polarity, min_confidence=min_confidence, n_digits=n_digits)
     gray = load_gray(source)
     factor = _working_factor(gray, polarity)
     if factor > 1:
@@ -633,6 +671,53 @@ def read_digits(source: str | os.PathLike[str] | bytes | Image.Image | np.ndarra
                        tuple(notes))
 
 
+def _read_whole(source: str | os.PathLike[str] | bytes | Image.Image | np.ndarray, reader: StringReader, *,
+                polarity: Polarity, min_confidence: float | None, n_digits: int | None) -> DigitString:
+    """The string model's reading as a ``DigitString``."""
+    r = reader.read_one(source, polarity=polarity, min_confidence=min_confidence)
+    rejected = r.rejected
+    if rejected is None and n_digits is not None and len(r.digits) != n_digits:
+        rejected = f"{len(r.digits)} digits read, {n_digits} expected"
+    line = r.line
+    notes = tuple(line.notes) if line is not None else ()
+    return DigitString(r.text, [Digit(c, p, None) for c, p in zip(r.text, r.confidences, strict=True)],
+                       r.confidence if r.text else 1.0, r.found, bool(line and line.inverted), notes, rejected,
+                       "sequence")
+
+
+def open_reader(path: str | os.PathLike[str], *, backend: str = "auto",
+                device: str = "auto") -> "Predictor | StringReader":
+    """The reader a model file makes: a ``StringReader`` for a string model (run directory, hub folder or
+    .onnx), else a ``Predictor`` (a digit classifier, read with the segmentation reader).
+
+    Raises:
+        PredictorError, StringReaderError: nothing loadable at ``path``.
+    """
+    from digitlab.inference.predictor import Predictor
+
+    if is_string_model(path):
+        return StringReader.from_path(path, backend=backend, device=device)
+    return Predictor.from_path(path, backend=backend, device=device)
+
+
+def is_string_model(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` (a run directory, a hub folder or an .onnx file) holds a string model (kind "sequence");
+    False for anything else, including what cannot be read (the loader then says what is wrong)."""
+    p = Path(path)
+    try:
+        if p.is_file() and p.suffix == ".onnx":
+            import onnx  # only ONNX users pay for it
+
+            meta = {m.key: m.value for m in onnx.load(str(p), load_external_data=False).metadata_props}
+            text = meta.get(META_MODEL, "{}")
+        else:
+            text = next((f.read_text(encoding="utf-8") for f in (p / "model.json", p / HUB_CONFIG) if f.is_file()),
+                        "{}")
+        return json.loads(text).get("kind") == "sequence"
+    except Exception:  # unreadable or foreign: not a string model (the loader then says what is wrong)
+        return False
+
+
 # ----------------------------------------------------------------------------------------- synthetic lines
 
 def compose_line(digits: np.ndarray, rng: np.random.Generator, *, gap: tuple[int, int] = (2, 12),
@@ -681,4 +766,4 @@ def compose_line(digits: np.ndarray, rng: np.random.Generator, *, gap: tuple[int
     return line, boxes
 
 
-__all__ = ["Classifier", "Digit", "DigitString", "ImageError", "compose_line", "read_digits"]
+__all__ = ["Classifier", "Digit", "DigitString", "ImageError", "compose_line", "open_reader", "read_digits"]

@@ -48,6 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from digitlab import __version__
 from digitlab.inference import ImageError, ImagePrediction, Predictor, PredictorError, Prepared, read_digits
 from digitlab.inference.prepare import Polarity, parse_box
+from digitlab.inference.sequence import StringReader
 from digitlab.serve.batching import ImageJob, MicroBatcher
 from digitlab.serve.memory import fix_allocator_thresholds
 from digitlab.serve.settings import ServeSettings
@@ -148,18 +149,25 @@ class BatchResponse(BaseModel):
 
 
 class DigitOut(BaseModel):
-    label: str
+    label: str = Field(description="A digit, or a separator (. , - /) read by the string model.")
     confidence: float
-    box: list[int]
+    box: list[int] | None = Field(description="x0, y0, x1, y1 in the image; null from the string model, which "
+                                  "reads the line whole")
     rejected: bool
 
 
 class ReadResponse(BaseModel):
-    text: str
+    text: str = Field(description="As written, separators kept (\"1.480\"); \"?\" for a digit not read "
+                      "(segmentation reader).")
+    value: str = Field(description="The digits only (\"1480\").")
     confidence: float
     found: bool
+    rejected: bool = Field(description="The string is not trusted (text is then a best guess).")
+    reason: str | None
+    reader: Literal["sequence", "segmentation"] = Field(description="sequence: the string model read the line "
+                                                        "whole; segmentation: cut into digits, each classified.")
     inverted: bool
-    digits: list[DigitOut]
+    digits: list[DigitOut] = Field(description="One per character of text.")
     notes: list[str]
 
 
@@ -453,7 +461,7 @@ async def _answered(settings: ServeSettings, work: Awaitable[T]) -> T:
         raise ClientError(422, one_line(str(e))) from None
 
 
-def warm_up(predictor: Predictor) -> None:
+def warm_up(predictor: Predictor | StringReader) -> None:
     """Read one small line before serving: the first client does not wait for the string reader's imports
     and the model's first call, and a memory measurement taken after start-up sees only what requests add."""
     line = np.zeros((28, 64), np.float32)
@@ -462,11 +470,14 @@ def warm_up(predictor: Predictor) -> None:
     read_digits(line, predictor, polarity="light-on-dark")
 
 
-def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | None = None) -> FastAPI:
-    """The service for ``settings.model`` (loaded once, in the lifespan), or for ``predictor`` when given.
+def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | None = None,
+               string_reader: StringReader | None = None) -> FastAPI:
+    """The service for ``settings.model`` (loaded once, in the lifespan), or for ``predictor`` when given; lines
+    (``/v1/read``) are read by the string model ``settings.strings`` (or ``string_reader``) when there is one,
+    else cut into digits for ``predictor``.
 
     Raises:
-        PredictorError: (at startup) the model cannot be loaded.
+        PredictorError, StringReaderError: (at startup) a model cannot be loaded.
     """
     settings = settings or ServeSettings()
 
@@ -477,7 +488,11 @@ def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | 
             if settings.model is None:
                 raise PredictorError(f"no model: pass one or set {settings.model_config['env_prefix']}MODEL")
             app.state.predictor = await run_in_threadpool(Predictor.from_path, settings.model)
+        if app.state.string_reader is None and settings.strings is not None:
+            app.state.string_reader = await run_in_threadpool(StringReader.from_path, settings.strings)
         await run_in_threadpool(warm_up, app.state.predictor)
+        if app.state.string_reader is not None:
+            await run_in_threadpool(warm_up, app.state.string_reader)
         yield
         if getattr(app.state, "batcher", None) is not None:
             await app.state.batcher.close()
@@ -487,6 +502,7 @@ def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | 
                   description="Handwritten digit recognition: one digit, a batch, or a line of digits.")
     app.state.settings = settings
     app.state.predictor = predictor
+    app.state.string_reader = string_reader
     registry = CollectorRegistry()  # one per app: several apps (tests) never share counters
     requests = Counter("digitlab_requests", "HTTP requests by endpoint, method and status",
                        ["endpoint", "method", "status"], registry=registry)
@@ -521,8 +537,12 @@ def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | 
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(f"{API}/model", tags=["model"])
-    async def model_info(p: PredictorDep, s: SettingsDep) -> dict[str, Any]:
-        """The model: name, kind, classes, rejection threshold, preprocessing spec, evaluation summary."""
+    async def model_info(request: Request, p: PredictorDep, s: SettingsDep) -> dict[str, Any]:
+        """The model: name, kind, classes, rejection threshold, preprocessing spec, evaluation summary; and what
+        reads lines (``/v1/read``): the string model, or the segmentation reader over this model."""
+        sr: StringReader | None = request.app.state.string_reader
+        lines = {"reader": "sequence", "name": sr.info.name, "n_params": sr.info.n_params,
+                 "min_confidence": sr.min_confidence} if sr is not None else {"reader": "segmentation"}
         return {"name": p.name, "kind": p.kind, "backend": p.backend.name, "n_params": p.info.n_params,
                 "digitlab_version": __version__,
                 "source": p.source.name if p.source else None, "class_names": p.class_names,
@@ -530,7 +550,7 @@ def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | 
                 "temperature": p.temperature if p.rejection else None,
                 "preprocess": p.spec.model_dump(mode="json"), "top_k_default": s.top_k,
                 "max_batch": s.max_batch, "max_body_bytes": s.max_body_bytes,
-                "evaluation": eval_summary(p.source if p.source and p.source.is_dir() else None)}
+                "evaluation": eval_summary(p.source if p.source and p.source.is_dir() else None), "lines": lines}
 
     body_doc = {"requestBody": {"required": True, "content": {
         "application/json": {"schema": PredictRequest.model_json_schema()},
@@ -642,12 +662,10 @@ def create_app(settings: ServeSettings | None = None, *, predictor: Predictor | 
             polarity = body.polarity or polarity
         if not data:
             raise ClientError(422, "empty image (0 bytes)")
-        line = await run_limited(s, lambda: read_digits(data, p, polarity=polarity, min_confidence=min_confidence,
-                                                        n_digits=n_digits))
-        return {"text": line.text, "confidence": line.confidence, "found": line.found, "inverted": line.inverted,
-                "notes": list(line.notes), "digits": [{"label": d.label, "confidence": d.confidence,
-                                                       "box": list(d.box), "rejected": d.rejected}
-                                                      for d in line.digits]}
+        reader = request.app.state.string_reader or p  # the string model when the service has one
+        line = await run_limited(s, lambda: read_digits(data, reader, polarity=polarity,
+                                                        min_confidence=min_confidence, n_digits=n_digits))
+        return line.record()
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:

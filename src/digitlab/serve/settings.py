@@ -18,6 +18,7 @@ class ServeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     model: Path | None = None  # a run directory, an .onnx file or a hub folder (None: injected by the caller)
+    strings: Path | None = None  # a string model (run, .onnx or hub folder) that reads /v1/read's lines whole
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_batch: int = Field(64, ge=1)
     timeout_s: float = Field(10.0, gt=0)  # model work of one request, beyond which it answers 504

@@ -308,8 +308,17 @@
       return;
     }
     const digits = Array.isArray(data.digits) ? data.digits : [];
+    if (data.rejected) {
+      // the string model is unsure of the whole string: not read, with its best guess, never a confidence
+      digitsEl.replaceChildren();
+      showNotRead(data.reason || "not sure of this string", data.text);
+      setStatus(`Not read: ${data.reason || "not sure of this string"}. Best guess "${data.text}", not trusted.`);
+      return;
+    }
     const nRejected = digits.filter((d) => d.rejected).length;
-    const plural = (n) => `${n} digit${n === 1 ? "" : "s"}`;
+    // the string model also reads separators (. , - /): they are characters, not digits
+    const noun = data.reader === "sequence" ? "character" : "digit";
+    const plural = (n) => `${n} ${noun}${n === 1 ? "" : "s"}`;
     labelEl.className = "";
     labelEl.textContent = String(data.text);
     // A mean that includes digits not read would vouch for them: the confidence is shown only for a whole read.
