@@ -112,7 +112,8 @@ def test_an_underline_does_not_move_the_baseline() -> None:
     img[100:104, 20:380] = 0  # an underline longer than the line is tall
     underlined = prepare_line(img)
     assert plain.band == pytest.approx((30, 90)) and underlined.band == pytest.approx((30, 90))
-    assert underlined.width > plain.width  # the underline stays in the picture (the model learnt underlines)
+    assert underlined.width == plain.width  # a rule may cross the page: the digits set the width
+    assert underlined.image[28:].max() > 0.5  # and the underline stays in the picture (the model learnt them)
 
 
 @pytest.mark.parametrize("image", [np.full((40, 120), 255, np.uint8), np.zeros((40, 120), np.uint8),

@@ -153,6 +153,8 @@ def test_read_prepared_takes_arrays_and_checks_their_height(tmp_path) -> None:
         reader.read_prepared([np.zeros((28, 28), np.float32)])
     with pytest.raises(StringReaderError, match="beam must be 0 or more"):
         reader.read_prepared([], beam=-1)
+    with pytest.raises(StringReaderError, match="1 names for 2 lines"):
+        reader.read_prepared([np.zeros((32, 8), np.float32)] * 2, names=["a"])
 
 
 def test_loading_errors_are_one_line(tmp_path) -> None:

@@ -48,6 +48,7 @@ MIN_CNR = 6.0  # ...and this many noise standard deviations
 INK_LEVEL = 0.4  # a stretched pixel above this is ink (pieces, band and extent)
 TALL = 0.7  # pieces at least this share of the tallest one's height are digit bodies
 RULE_LENGTH = 1.0  # horizontal runs longer than this many image heights are underlines or rules
+NEAR = 0.3  # pieces more than this share of the band above or below it are not part of the line
 SMALL = 0.12  # pieces smaller than this share of the band in both directions are specks, outside the extent
 
 
@@ -262,13 +263,12 @@ def _band(mask: np.ndarray) -> tuple[float, float, tuple[float, float]] | None:
     tall = heights >= TALL * heights.max()
     top, bottom = float(np.median(tops[tall])), float(np.median(bottoms[tall]))
     band_h = max(bottom - top, 1.0)
-    # The ink's extent: pieces that are not specks (a dot separator is about 0.2 of the band), and the rules.
-    kept = (heights >= SMALL * band_h) | (widths >= SMALL * band_h)
-    cols = (float(lefts[kept].min()), float(rights[kept].max()))
-    if body is not mask:
-        ruled = np.flatnonzero((mask & ~body).any(axis=0))
-        if len(ruled):  # an underline reaching past the digits is part of the picture the model learnt
-            cols = (min(cols[0], float(ruled[0])), max(cols[1], float(ruled[-1] + 1)))
+    # The ink's extent: pieces that are not specks (a dot separator is about 0.2 of the band) and that reach the
+    # band's rows (not print above or below the line). Rules are left out: one may cross the whole page; the
+    # margin keeps as much of an underline as the generator draws beyond the digits.
+    near = (bottoms > top - NEAR * band_h) & (tops < bottom + NEAR * band_h)
+    kept = ((heights >= SMALL * band_h) | (widths >= SMALL * band_h)) & near
+    cols = (float(lefts[kept | tall].min()), float(rights[kept | tall].max()))
     return top, bottom, cols
 
 

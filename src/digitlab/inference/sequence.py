@@ -273,12 +273,15 @@ class StringReader:
 
         Raises:
             ImageError: an input that is not a readable image (the first one met).
+            StringReaderError: as many names as images are needed.
         """
         from digitlab.inference.predictor import as_image_list
 
         items = as_image_list(sources)
         labels = list(names) if names is not None else [str(s) if isinstance(s, str | os.PathLike) else f"#{i}"
                                                         for i, s in enumerate(items)]
+        if len(labels) != len(items):
+            raise StringReaderError(f"{len(labels)} names for {len(items)} images")
         prepared = [self.prepare(s, polarity=polarity, box=box) for s in items]
         return self.read_prepared(prepared, names=labels, beam=beam, min_confidence=min_confidence,
                                   batch_size=batch_size)
@@ -298,6 +301,8 @@ class StringReader:
         if beam < 0 or batch_size < 1:
             raise StringReaderError(f"beam must be 0 or more and batch_size 1 or more, got {beam} and {batch_size}")
         labels = list(names) if names is not None else [f"#{i}" for i in range(len(lines))]
+        if len(labels) != len(lines):
+            raise StringReaderError(f"{len(labels)} names for {len(lines)} lines")
         images = [ln.image if isinstance(ln, PreparedLine) else np.asarray(ln, np.float32) for ln in lines]
         for i, img in enumerate(images):
             if img.ndim != 2 or img.shape[0] != self.height:
