@@ -703,7 +703,8 @@ def export(
     r = export_onnx(run, out_path, opset=opset, quantize=quantize, log=_log, force=force)
     p = r["parity"]
     out.print(f"written: {r['onnx']} ({r['size_bytes'] / 1e6:.2f} MB, opset {r['opset']}, {r['exporter']} exporter)")
-    out.print(f"parity with torch: max |logit difference| {p['max_abs_diff']:.2e} on {p['n']:,} {p['inputs']} "
+    what = "log-probability" if "shapes" in p else "logit"  # a string model: per-frame CTC log-probabilities
+    out.print(f"parity with torch: max |{what} difference| {p['max_abs_diff']:.2e} on {p['n']:,} {p['inputs']} "
               f"(tolerance {p['tolerance']:g})")
     if "max_abs_diff_score" in p:
         out.print(f"non-digit detector in the graph (output nondigit_score): max |score difference| "

@@ -269,7 +269,7 @@ class Predictor:
             raise PredictorError(f"{path}: an ONNX file without digitlab's metadata ({META_MODEL}); export it with "
                                  "`digitlab export`")
         try:
-            info = read_model_info(meta[META_MODEL], source=f"{path} metadata")
+            info = _digit_classifier(read_model_info(meta[META_MODEL], source=f"{path} metadata"), path)
             policy = policy_from_json(meta[META_REJECTION], source=f"{path} metadata") \
                 if META_REJECTION in meta else None
         except (ModelInfoError, RejectionError) as e:
@@ -495,11 +495,19 @@ def _read_info(path: Path) -> ModelInfo:
     if not path.is_file():
         raise PredictorError(f"{path.parent}: no {path.name} (not a finished run directory or hub folder)")
     try:
-        return read_model_info(path.read_bytes(), source=str(path))
+        return _digit_classifier(read_model_info(path.read_bytes(), source=str(path)), path.parent)
     except ModelInfoError as e:
         raise PredictorError(str(e)) from None
     except OSError as e:
         raise PredictorError(f"{path}: unreadable ({e.strerror})") from None
+
+
+def _digit_classifier(info: ModelInfo, source: Path) -> ModelInfo:
+    """``info``, when it describes a digit classifier; a string model is refused in one line."""
+    if info.kind == "sequence":
+        raise PredictorError(f"{source}: {info.name} is a string model: it reads lines of digits (StringReader, "
+                             "digitlab predict --multi)")
+    return info
 
 
 def _trained_channels_last(run: RunDir) -> bool:
