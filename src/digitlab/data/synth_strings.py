@@ -39,6 +39,7 @@ INK = 0.2  # a column or row with more ink than this counts as inked (extents, t
 CHUNK = 1024  # strings rendered at once: bounds memory to a few (CHUNK x height x width) floats
 DOT, COMMA, DASH, SLASH = (ALPHABET.index(c) for c in ".,-/")
 LONG_DASH = len(ALPHABET)  # internal glyph kind: a trailing dash, drawn long, written as "-"
+P_DOUBLE_TRAIL = 0.4  # a trailing dash drawn twice, one under the other ("="), as amounts are closed
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class StringOptions:
 
     length_weights: tuple[float, ...] = (5, 8, 9, 9, 9, 8, 7, 3, 2, 1.5, 1, 1)  # for 1, 2, ... characters
     p_separator: float = 0.35  # the string holds one or two of ". , - /" (and then has at least 3 characters)
-    p_trailing: float = 0.08  # one or two long dashes after the string, written "-"
+    p_trailing: float = 0.15  # one or two long dashes after the string, written "-" (docs/decisions.md#string-generator)
     zero_share: float = 0.15  # extra share of zeros among the digits, as amounts have many
     p_touching: float = 0.35  # neighbours touch or overlap (negative gaps), else they stand apart
     gap_apart: tuple[float, float] = (0.03, 0.35)  # mean gap per string, when apart
@@ -64,6 +65,8 @@ class StringOptions:
     p_blur: float = 0.4
     p_noise: float = 0.5
     p_jpeg: float = 0.3
+    p_thin: float = 0.25  # a finer pen than MNIST's: the ink eroded by a pixel (docs/decisions.md#string-generator)
+    p_thick: float = 0.1  # a broader pen: the ink dilated by a pixel
 
     def __post_init__(self) -> None:
         probs = {k: v for k, v in vars(self).items() if k.startswith("p_") or k == "zero_share"}
@@ -75,13 +78,14 @@ class StringOptions:
     def separated(cls) -> "StringOptions":
         """Digits only, clearly apart, no page effects: the benchmark's clean case."""
         return cls(p_separator=0, p_trailing=0, zero_share=0, p_touching=0, gap_apart=(0.08, 0.3), p_space=0,
-                   p_small_zeros=0, p_underline=0, p_ruled=0, p_background=0, p_blur=0, p_noise=0, p_jpeg=0)
+                   p_small_zeros=0, p_underline=0, p_ruled=0, p_background=0, p_blur=0, p_noise=0, p_jpeg=0,
+                   p_thin=0, p_thick=0)
 
     @classmethod
     def touching(cls) -> "StringOptions":
         """Digits only, every neighbour touching or overlapping, no page effects."""
         return cls(p_separator=0, p_trailing=0, zero_share=0, p_touching=1, p_space=0, p_small_zeros=0,
-                   p_underline=0, p_ruled=0, p_background=0, p_blur=0, p_noise=0, p_jpeg=0)
+                   p_underline=0, p_ruled=0, p_background=0, p_blur=0, p_noise=0, p_jpeg=0, p_thin=0, p_thick=0)
 
 
 def _u(gen: torch.Generator, shape: tuple[int, ...], lo: float = 0.0, hi: float = 1.0) -> Tensor:
@@ -107,8 +111,11 @@ def _separator_strokes(kind: Tensor, gen: torch.Generator) -> tuple[Tensor, Tens
     bottom = torch.stack([14 - _u(gen, (n,), 4, 6.5), FRAME_BASELINE + _u(gen, (n,), -1, 1)], -1)
     slash = torch.stack([top, bottom], 1)
     dot_seg = torch.stack([dot, blob], 1)
+    # A trailing stroke is often doubled ("=", as cheques close an amount): still read as "-".
+    doubled = dash + torch.where(_flag(gen, n, P_DOUBLE_TRAIL), _u(gen, (n,), 3.5, 5.5), 0.0)[:, None, None] * \
+        torch.tensor([0.0, 1.0])
     one = {DOT: dot_seg, COMMA: dot_seg, DASH: dash, SLASH: slash, LONG_DASH: dash}
-    two = {COMMA: torch.stack([dot, tail], 1)}
+    two = {COMMA: torch.stack([dot, tail], 1), LONG_DASH: doubled}
     segs = torch.zeros(n, 2, 2, 2)
     for k, seg in one.items():
         m = (kind == k)[:, None, None]
@@ -155,6 +162,14 @@ def _apply_page(ink: Tensor, widths: Tensor, base_y: Tensor, start: Tensor, stop
 
     def u(m: int, lo: float, hi: float) -> Tensor:
         return _u(gen, (m,), lo, hi).view(m, 1, 1)
+
+    # The pen: a finer or a broader one than MNIST's (a 2x2 grey erosion or dilation of the ink).
+    r = _rows(gen, c, opt.p_thin + opt.p_thick)
+    if m := len(r):
+        thin = (torch.rand(m, generator=gen) < opt.p_thin / max(opt.p_thin + opt.p_thick, 1e-9)).view(m, 1, 1)
+        x = F.pad(ink[r][:, None], (0, 1, 0, 1))
+        eroded, dilated = -F.max_pool2d(-x, 2, 1)[:, 0], F.max_pool2d(x, 2, 1)[:, 0]
+        ink[r] = torch.where(thin, eroded, dilated)
 
     # Underline: a pen stroke under the string, a little longer than it, slightly sloped.
     r = _rows(gen, c, opt.p_underline)
