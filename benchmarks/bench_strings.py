@@ -16,8 +16,9 @@ The sets (``--sets``; all by default), each from MNIST *test* digits or from the
   digits alone, and (separated) on each digit cut out by its true box.
 - ``separated``, ``touching``, ``punctuated``, ``ruled``: ``--n`` strings each made by ``synthetic_strings``
   (``StringOptions.separated()``, ``.touching()``; a separator in every string with the default layout and no page
-  effects; separated with a ruled line in every string and an underline in half), each inverted to dark ink on
-  white uint8 and enlarged 2x (bilinear), as a scan arrives.
+  or pen effects; separated with a ruled line in every string and an underline in half), each inverted to dark ink
+  on white uint8 and enlarged 2x (bilinear), as a scan arrives. They are what ``synthetic_strings`` draws at the
+  commit recorded in the results (``git``): compare figures across commits only where the generator is the same.
 - ``orand-car-a-train``: the 1,080 real cheque amounts of ``../shared/data/realworld`` (read there, never copied),
   labelled with digits only: scored digits-only (separators the reader writes are dropped). With ``--adapt``,
   ``--folds``-fold adaptation of the string model: a seeded permutation cut into folds; for each, the other folds
@@ -41,6 +42,7 @@ import argparse
 import json
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -223,6 +225,17 @@ def adapt(readers: Readers, data: StringSet, zero: dict[str, Any], args: argpars
             "overrides": [*ADAPT_DEFAULTS, *args.adapt_set], "n_folds": args.folds, "seed": args.seed}
 
 
+def git_state() -> str | None:
+    """The commit the benchmark ran at, "+dirty" when the working tree differs (None outside git)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return sha + ("+dirty" if dirty else "")
+
+
 def pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
 
@@ -313,6 +326,7 @@ def main() -> None:
 
     results: dict[str, Any] = {
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "git": git_state(),  # the synthetic sets are what synthetic_strings draws at this commit
         "digits_run": None if predictor is None else str(Path(args.digits).resolve()),
         "digits_model": None if predictor is None else predictor.name,
         "strings_run": None if reader is None else str(Path(args.strings).resolve()),

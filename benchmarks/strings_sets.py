@@ -18,12 +18,14 @@ from digitlab.inference.strings import compose_line
 # compose_line's gap between neighbouring digits' ink boxes, px (inclusive; negative: overlap): the issue's
 # "now" figures were measured on these, 5 digits a line, seed + 1000 * position (bench_strings before issue 17)
 COMPOSED = {"composed-separated": (2, 12), "composed-touching": (-4, 0)}
-PAGE_OFF = {"p_underline": 0.0, "p_ruled": 0.0, "p_background": 0.0, "p_blur": 0.0, "p_noise": 0.0, "p_jpeg": 0.0}
+# the page and pen effects, off as in StringOptions.separated() and .touching()
+EFFECTS_OFF = {"p_underline": 0.0, "p_ruled": 0.0, "p_background": 0.0, "p_blur": 0.0, "p_noise": 0.0, "p_jpeg": 0.0,
+               "p_thin": 0.0, "p_thick": 0.0}
 SYNTHETIC = {
     "separated": StringOptions.separated(),
     "touching": StringOptions.touching(),
-    # a separator (or two) in every string, the default layout otherwise, no page effects
-    "punctuated": dataclasses.replace(StringOptions(), p_separator=1.0, p_trailing=0.0, **PAGE_OFF),
+    # a separator (or two) in every string, the default layout otherwise, no page or pen effects
+    "punctuated": dataclasses.replace(StringOptions(), p_separator=1.0, p_trailing=0.0, **EFFECTS_OFF),
     "ruled": dataclasses.replace(StringOptions.separated(), p_ruled=1.0, p_underline=0.5),
 }
 SCAN_ZOOM = 2  # synthetic strings (32 px high) reach the readers enlarged, as a scan would be
