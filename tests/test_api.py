@@ -15,6 +15,7 @@ from digitlab import api
 
 # each public name and where it is defined, as "module:name"
 DEFINED = ["digitlab.inference.predictor:Predictor", "digitlab.inference.strings:read_digits",
+           "digitlab.inference.strings:open_reader", "digitlab.inference.sequence:StringReader",
            "digitlab.inference.prepare:prepare_image", "digitlab.data.loading:load_dataset", "digitlab.api:train",
            "digitlab.api:evaluate", "digitlab.api:calibrate"]
 API = {where.split(":")[1]: where.split(":")[0] for where in DEFINED}

@@ -45,6 +45,10 @@ TINY = ["data.train_subset=1000", "data.n_val=300", "train.batch_size=100", "tra
         "{filters: 16, pool_first: true, batch_norm: true}], dense: []}", "train.epochs=1",
         "augment.rotation=0", "augment.translate=0", "augment.scale=[1.0, 1.0]"]
 RUN_DIR = re.compile(r"runs/\d{8}-\d{6}-[A-Za-z0-9_.-]+")
+# A string model (its run directory names the crnn): a tiny CRNN on a few synthetic strings, one epoch
+STRING_TINY = ["model.args.channels=[8,16,16,16]", "model.args.hidden_size=16", "model.args.num_layers=1",
+               "strings.per_epoch=64", "strings.val=32", "strings.test=0", "train.batch_size=32",
+               "data.train_subset=1000", "data.n_val=300", "data.synthetic_styles=0", "train.epochs=1"]
 PORT = "8000"
 # train("default") in a python block: the recipe stays, the tiny overrides and a temporary folder are added
 PY_TRAIN = re.compile(r"\btrain\((?P<recipe>\"[^\"]+\"|'[^']+')\)")
@@ -82,10 +86,15 @@ def is_train(cmd: str) -> bool:
     return shlex.split(cmd)[:2] == ["digitlab", "train"]
 
 
+def is_string_train(cmd: str) -> bool:
+    return is_train(cmd) and "--recipe strings" in cmd
+
+
 def tiny_train_args(cmd: str, out: Path) -> list[str]:
-    """The README's ``digitlab train ...`` as CLI arguments, made small (``TINY``) and written under ``out``."""
+    """The README's ``digitlab train ...`` as CLI arguments, made small (``TINY``, ``STRING_TINY`` for the string
+    recipe) and written under ``out``."""
     args = shlex.split(cmd)[1:]
-    for override in TINY:
+    for override in STRING_TINY if is_string_train(cmd) else TINY:
         args += ["--set", override]
     return [*args, "--out", str(out)]
 
@@ -94,6 +103,8 @@ def tiny_train_args(cmd: str, out: Path) -> list[str]:
 def readme_run(mnist_dataset, tmp_path_factory: pytest.TempPathFactory):
     """The run the README's examples use, trained by the README's own ``digitlab train`` command (made small)."""
     train_lines = [c for _, body in blocks("console") for c in commands(body) if is_train(c)]
+    string_lines = [c for c in train_lines if is_string_train(c)]
+    train_lines = [c for c in train_lines if not is_string_train(c)]
     assert train_lines, "README.md has no `$ digitlab train` example to make its run with"
     root = tmp_path_factory.mktemp("readme")
     with pytest.MonkeyPatch.context() as mp:  # the function-scoped hermetic fixture does not reach here
@@ -101,16 +112,26 @@ def readme_run(mnist_dataset, tmp_path_factory: pytest.TempPathFactory):
         mp.setenv("DIGITLAB_MIRRORS", "http://127.0.0.1:9/")
         mp.chdir(REPO)
         result = runner.invoke(app, tiny_train_args(train_lines[0], root / "runs"))
+        strings = runner.invoke(app, tiny_train_args(string_lines[0], root / "string-runs")) if string_lines else None
     assert result.exit_code == 0, result.output
     found = re.search(r"^run directory: (.+)$", result.output, re.M)
     assert found, result.output
     run = Path(found.group(1).strip())
     assert (run / "model.safetensors").is_file() and (run / "rejection.safetensors").is_file(), result.output
-    return SimpleNamespace(run=run, root=root, train_output=result.output, namespace={})
+    string_run = None
+    if strings is not None:
+        assert strings.exit_code == 0, strings.output
+        string_run = Path(re.search(r"^run directory: (.+)$", strings.output, re.M).group(1).strip())
+    return SimpleNamespace(run=run, string_run=string_run, root=root, train_output=result.output, namespace={})
 
 
-def substitute(text: str, run: Path, port: str) -> str:
-    return RUN_DIR.sub(str(run), text).replace(f"127.0.0.1:{PORT}", f"127.0.0.1:{port}").replace(
+def substitute(text: str, run: Path, port: str, string_run: Path | None = None) -> str:
+    """The README's run directories become the runs trained here (a string model's, named ``-crnn-``, the
+    string run), its port a free one."""
+    def run_for(m: re.Match[str]) -> str:
+        return str(string_run if string_run is not None and "-crnn-" in m.group(0) else run)
+
+    return RUN_DIR.sub(run_for, text).replace(f"127.0.0.1:{PORT}", f"127.0.0.1:{port}").replace(
         f"--port {PORT}", f"--port {port}")
 
 
@@ -137,7 +158,7 @@ def test_console_example_runs(line: int, body: str, readme_run, monkeypatch: pyt
     servers: list[subprocess.Popen] = []
     try:
         for raw in commands(body):
-            cmd = substitute(raw, readme_run.run, port)
+            cmd = substitute(raw, readme_run.run, port, readme_run.string_run)
             where = f"README.md:{line}: {raw}"
             if is_train(raw):  # already run, made small, to make the run the other examples use
                 continue
@@ -169,7 +190,7 @@ def test_console_example_runs(line: int, body: str, readme_run, monkeypatch: pyt
 @pytest.mark.parametrize(("line", "body"), blocks("python"), ids=lambda v: f"line{v}" if isinstance(v, int) else "")
 def test_python_example_runs(line: int, body: str, readme_run, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
-    code = substitute(body, readme_run.run, PORT)
+    code = substitute(body, readme_run.run, PORT, readme_run.string_run)
     code = PY_TRAIN.sub(lambda m: f"train({m['recipe']}, overrides=_README_TINY, out=_README_OUT)", code)
     namespace = readme_run.namespace  # one namespace for every block, as in a notebook
     namespace.update(_README_TINY=list(TINY), _README_OUT=str(readme_run.root / "python-runs"))

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 _WHERE = {
     "Predictor": "digitlab.inference.predictor",
     "read_digits": "digitlab.inference.strings",
+    "open_reader": "digitlab.inference.strings",
+    "StringReader": "digitlab.inference.sequence",
     "prepare_image": "digitlab.inference.prepare",
     "load_dataset": "digitlab.data.loading",
     "train": "digitlab.api",
@@ -27,10 +29,12 @@ _WHERE = {
 
 __all__ = [
     "Predictor",
+    "StringReader",
     "__version__",
     "calibrate",
     "evaluate",
     "load_dataset",
+    "open_reader",
     "prepare_image",
     "read_digits",
     "train",
@@ -41,7 +45,8 @@ if TYPE_CHECKING:
     from digitlab.data.loading import load_dataset
     from digitlab.inference.predictor import Predictor
     from digitlab.inference.prepare import prepare_image
-    from digitlab.inference.strings import read_digits
+    from digitlab.inference.sequence import StringReader
+    from digitlab.inference.strings import open_reader, read_digits
 
     __version__: str
 

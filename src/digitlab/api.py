@@ -160,11 +160,12 @@ def train(recipe: str = "default", overrides: Mapping[str, Any] | Sequence[str] 
         cfg, digits = prepare_finetune(init, images, sets, log=log)
         result = train_run(cfg, out_root=out, show_progress=show_progress, log=log, user_digits=digits)
     else:
-        result = train_run(config_from_recipe(recipe, sets), out_root=out, show_progress=show_progress, log=log)
+        cfg = config_from_recipe(recipe, sets)
+        result = train_run(cfg, out_root=out, show_progress=show_progress, log=log)
     from digitlab.models.registry import get_entry
 
     # under torchrun, rank 0 alone writes the run; a string model's reading policy was fitted while training
-    if calibrate and is_main_process() and get_entry(result.model).kind != "sequence":
+    if calibrate and is_main_process() and get_entry(cfg.model.name).kind != "sequence":
         from digitlab.inference.rejection import calibrate_run
 
         calibrate_run(result.run_dir, device=str(result.device), show_progress=show_progress, log=log)
