@@ -15,7 +15,7 @@ ifneq ($(wildcard $(SHARED_DATA)),)
 export DIGITLAB_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: run test lint venv bench clean browser postgres data
+.PHONY: run strings test lint venv bench clean browser postgres data
 
 # Reinstall whenever the dependencies change. torch is pinned by constraints.txt: an unpinned
 # torch would pull gigabytes of CUDA packages.
@@ -64,6 +64,12 @@ data: $(STAMP)
 test: lint browser postgres data
 	mnist="$$($(BIN)/digitlab data path --dataset mnist)"; \
 	DIGITLAB_DATA_DIR="$$(dirname "$$mnist")" $(BIN)/python -m pytest -q
+
+# The string model that reads whole lines (amounts, dates, codes): under 15 minutes on 2 cores.
+strings: $(STAMP)
+	$(BIN)/digitlab data fetch --dataset mnist
+	@mkdir -p runs
+	$(BIN)/digitlab train --recipe strings --out runs
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_data.py

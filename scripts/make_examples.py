@@ -30,6 +30,8 @@ STROKES: dict[str, list[list[tuple[float, float]]]] = {
     "4": [[(0.55, 0.08), (0.14, 0.64), (0.86, 0.62)], [(0.64, 0.3), (0.62, 0.94)]],
     "5": [[(0.78, 0.1), (0.32, 0.1), (0.27, 0.46), *_arc(0.5, 0.66, 0.27, 0.25, -140, 155)]],
     "7": [[(0.16, 0.12), (0.84, 0.1), (0.42, 0.92)]],
+    ".": [[(0.4, 0.88), (0.44, 0.9)]],
+    "-": [[(0.12, 0.56), (0.86, 0.53)]],
 }
 
 
@@ -93,7 +95,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     photograph("3", (480, 400), 190, seed=3).save(args.out / "photo.jpg", quality=88)
     photograph("75013", (720, 260), 110, seed=5, pen=4.0).save(args.out / "postcode.jpg", quality=88)
-    print(f"wrote {args.out / 'photo.jpg'} and {args.out / 'postcode.jpg'}")
+    # an amount as written on a cheque: a thousands dot, digits close enough to touch, a closing dash
+    photograph("1.250-", (720, 220), 100, seed=7, pen=4.5, spacing=-0.06).save(args.out / "amount.jpg", quality=88)
+    print(f"wrote {args.out / 'photo.jpg'}, {args.out / 'postcode.jpg'} and {args.out / 'amount.jpg'}")
 
 
 if __name__ == "__main__":
