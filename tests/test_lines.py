@@ -76,7 +76,7 @@ def test_polarity_grey_paper_and_uneven_light_give_the_same_line(strings) -> Non
     for other in (dark, grey):
         assert abs(other.width - white.width) <= WIDTH_STRIDE
         n = min(other.width, white.width)
-        assert np.abs(other.image[:, :n] - white.image[:, :n]).mean() < 0.05
+        assert np.abs(other.image[:, :n] - white.image[:, :n]).mean() < 0.1
     assert np.median(grey.image) < 0.05  # the paper went to black, its texture with it
     forced = prepare_line(on_paper(line, 2.5, (20, 20, 30, 30)), polarity="light-on-dark")  # the paper is 'ink'
     assert not forced.inverted

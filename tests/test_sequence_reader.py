@@ -133,12 +133,11 @@ def test_reading_json_rejects_unsure_strings(trained, tmp_path) -> None:
         StringReader.from_path(bad)
 
 
-def test_width_groups_keep_similar_widths_together() -> None:
-    widths = [400, 40, 44, 1200, 48, 420, 36]
-    groups = _width_groups(widths, batch_size=2)
-    assert sorted(i for g in groups for i in g) == list(range(7))
-    assert groups[0] == [6, 1] and all(len(g) <= 2 for g in groups)
-    assert [3] in groups  # the widest line does not pad the narrow ones
+def test_width_groups_batch_only_lines_of_one_width() -> None:
+    widths = [400, 40, 44, 40, 1200, 40, 400, 40]
+    groups = _width_groups(widths, batch_size=3)
+    assert sorted(i for g in groups for i in g) == list(range(8))
+    assert groups == [[1, 3, 5], [7], [2], [0, 6], [4]]  # nothing is padded; a full batch starts another
     assert _width_groups([], 4) == []
 
 

@@ -53,6 +53,20 @@ def test_the_model_kind_chooses_the_reader(string_run: Path, small_cnn, line_png
     assert read_digits(line_png, small_cnn).reader == "segmentation"
 
 
+def test_a_line_reads_the_same_alone_and_in_a_batch(string_run: Path, mnist_dataset) -> None:
+    from digitlab.data.synth_strings import StringOptions, synthetic_strings
+
+    batch, widths, _, _, _ = synthetic_strings(mnist_dataset.test_images, mnist_dataset.test_labels, 12, seed=4,
+                                               options=StringOptions.separated())
+    lines = [(255 - line[:, :w] * 255).astype(np.uint8) for line, w in zip(batch[:, 0].numpy(), widths.tolist(),
+                                                                            strict=True)]
+    reader = StringReader.from_path(string_run)
+    together = reader.read(lines, min_confidence=0.0)
+    alone = [reader.read_one(line, min_confidence=0.0) for line in lines]
+    assert len({r.line.image.shape[1] for r in together}) > 1  # lines of several widths
+    assert [(r.text, r.confidence) for r in together] == [(r.text, r.confidence) for r in alone]
+
+
 def test_a_string_with_another_number_of_digits_than_expected_is_rejected(string_run: Path, line_png: Path) -> None:
     reader = StringReader.from_path(string_run)
     line = read_digits(line_png, reader, min_confidence=0.0, n_digits=60)

@@ -56,6 +56,10 @@ def test_the_threshold_keeps_the_confident_strings_that_are_read_right() -> None
     assert fit_min_confidence(scores, kept_accuracy=0.995) == pytest.approx(0.9)  # the 99 right ones, no wrong one
     assert fit_min_confidence(scores, kept_accuracy=0.99) == pytest.approx(0.5)  # 99 of 100 kept are right
     assert fit_min_confidence(StringScores(np.ones(5, bool), np.full(5, 0.5), np.zeros(5))) == 0.0
+    # a threshold keeps every string of its confidence: 98 of 100 right at 0.9 cannot be cut at 0.9
+    tied = StringScores(np.r_[np.ones(98, bool), np.zeros(2, bool)], np.full(100, 0.9), np.zeros(100))
+    assert fit_min_confidence(tied) > 0.9
+    assert fit_min_confidence(StringScores(np.zeros(0, bool), np.zeros(0), np.zeros(0))) is None
 
 
 def test_a_string_run_trains_writes_its_run_and_resumes_exactly(mnist_dataset, tmp_path: Path) -> None:
@@ -94,7 +98,8 @@ def test_a_string_model_learns_from_ctc(mnist_dataset, tmp_path: Path) -> None:
     assert losses[-1] < 0.8 * losses[0]
 
 
-@pytest.mark.parametrize("bad, why", [("augment.rotation=5", "augment"),
+@pytest.mark.parametrize("bad, why", [("augment.rotation=5", "augment"), ("strings.val=0", "strings.val"),
+                                      ("model.args.input_size=[32,64]", "strings.height"),
                                       ("train.outlier_exposure=0.5", "outlier_exposure"),
                                       ("train.label_smoothing=0.1", "label_smoothing")])
 def test_digit_only_options_are_refused_for_a_string_model(bad: str, why: str, tmp_path: Path) -> None:

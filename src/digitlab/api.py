@@ -78,10 +78,17 @@ def prepare_finetune_strings(init: str | os.PathLike[str], strings: str | os.Pat
         FinetuneError: ``init`` is not a finished string-model run. LabelledStringsError: a bad folder or
             labels.tsv. ConfigError: a bad override.
     """
+    import numpy as np
     import torch
 
     from digitlab.data.string_batches import UserStrings, make_string_set
-    from digitlab.inference.labelled_strings import read_labelled_strings, split_strings
+    from digitlab.inference.labelled_strings import (
+        MIN_STRINGS,
+        LabelledStrings,
+        LabelledStringsError,
+        read_labelled_strings,
+        split_strings,
+    )
     from digitlab.inference.lines import prepare_line
     from digitlab.models.ctc import text_to_targets
     from digitlab.training.finetune import finetune_config, init_spec
@@ -90,10 +97,23 @@ def prepare_finetune_strings(init: str | os.PathLike[str], strings: str | os.Pat
     folder = read_labelled_strings(strings)
     cfg = finetune_config(init, strings=strings, n_strings=len(folder), overrides=list(overrides))
     assert cfg.finetune is not None
+    lines = [prepare_line(gray, height=cfg.strings.height) for gray in folder.grays]
+    found = [i for i, line in enumerate(lines) if line.found]
+    not_found = [folder.files[i] for i, line in enumerate(lines) if not line.found]
+    if len(found) < MIN_STRINGS:
+        raise LabelledStringsError(f"{strings}: ink found in {len(found)} of {len(folder)} images; fine-tuning "
+                                   f"needs at least {MIN_STRINGS}")
+    # Stored as 8-bit in the run (user_strings.safetensors): trained at that precision from the start, so a
+    # resumed run sees exactly the same lines.
+    images = {folder.files[i]: np.round(lines[i].image * 255) / 255 for i in found}
+    folder = LabelledStrings(folder.path, [folder.files[i] for i in found], [folder.texts[i] for i in found],
+                             [images[folder.files[i]] for i in found])
+    cfg = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(
+        update={"n_strings": len(folder), "n_not_found": len(not_found)})})
     train_part, val_part = split_strings(folder, cfg.finetune.val_fraction, cfg.seed)
 
     def prepared(part: Any) -> Any:
-        lines = [prepare_line(gray, height=cfg.strings.height).image for gray in part.grays]
+        lines = [np.asarray(image, np.float32) for image in part.grays]  # already prepared above
         targets, lengths = text_to_targets(part.texts)
         if not lines:  # no held-out strings: an empty set of the right shape
             return make_string_set(torch.zeros(0, 1, cfg.strings.height, 4), targets, lengths,
@@ -102,7 +122,8 @@ def prepare_finetune_strings(init: str | os.PathLike[str], strings: str | os.Pat
 
     user = UserStrings(prepared(train_part), prepared(val_part), spec)
     if log:
-        log(f"user strings: {len(user.train)} to train on, {len(user.val)} held out for validation")
+        skipped = f"; {len(not_found)} image(s) with no ink found left out (e.g. {not_found[0]})" if not_found else ""
+        log(f"user strings: {len(user.train)} to train on, {len(user.val)} held out for validation{skipped}")
     return cfg, user
 
 
@@ -117,7 +138,10 @@ def train(recipe: str = "default", overrides: Mapping[str, Any] | Sequence[str] 
     (sub-folders ``0``-``9``, image files inside), mixed with MNIST training digits, into a new run whose
     config records its parent (``finetune:``); the architecture, preprocessing and recipe come from
     ``init`` (``recipe`` is not used), with fine-tuning defaults (docs/decisions.md#fine-tuning) that
-    ``overrides`` can change.
+    ``overrides`` can change. With ``init`` a string model's run (``--recipe strings``) and ``strings`` a folder
+    of images and a ``labels.tsv`` (file, TAB, the string), fine-tune it on the user's strings mixed with
+    synthetic ones (docs/decisions.md#string-fine-tuning). A string model fits its reading policy
+    (``reading.json``) while training, so ``calibrate`` does not apply to it.
 
     Args:
         recipe: a shipped recipe's name (``digitlab train --list-recipes``) or a YAML file.
@@ -125,11 +149,12 @@ def train(recipe: str = "default", overrides: Mapping[str, Any] | Sequence[str] 
         out: the parent folder of the new run directory.
         seed: the run's seed (the same seed gives the same metrics on CPU).
         calibrate: also fit the temperature, thresholds and non-digit detector
-            (``digitlab.inference.rejection.calibrate_run``) on the training and validation data.
+            (``digitlab.inference.rejection.calibrate_run``) on the training and validation data (digit models).
         show_progress: progress bars on stderr.
         log: receives one line per epoch and per calibration step.
-        init: a finished torch run to fine-tune (with ``images``).
-        images: the user's labelled folder (with ``init``).
+        init: a finished torch run to fine-tune (with ``images`` or ``strings``).
+        images: the user's labelled folder of digits (with a digit model's ``init``).
+        strings: the user's labelled folder of strings (with a string model's ``init``).
 
     Returns:
         The ``TrainResult``: ``run_dir``, best validation accuracy, test accuracy, timings.

@@ -284,7 +284,8 @@ def train(
                                             "thresholds, non-digit detector) at the end, as `digitlab calibrate` "
                                             "does.")] = True,
     init: Annotated[Path | None, typer.Option("--init", help="Fine-tune this trained run (its architecture, "
-                                              "preprocessing and recipe) on --images, into a new run.")] = None,
+                                              "preprocessing and recipe) on --images or --strings, into a new "
+                                              "run.")] = None,
     images: Annotated[Path | None, typer.Option("--images", help="With --init: a labelled folder of your digits "
                                                 "(sub-folders 0-9, image files inside).")] = None,
     strings: Annotated[Path | None, typer.Option("--strings", help="With --init RUN of a string model: a folder of "

@@ -111,7 +111,7 @@ class StringsSection(_Strict):
     """Synthetic digit strings for a string model (kind ``sequence``: ``crnn``); digit classifiers ignore it."""
 
     per_epoch: int = Field(24000, ge=1, description="fresh synthetic strings per epoch (from the training digits)")
-    val: int = Field(2000, ge=0, description="validation strings (from the validation digits; fixed)")
+    val: int = Field(2000, ge=1, description="validation strings (from the validation digits; fixed)")
     test: int = Field(2000, ge=0, description="test strings (from the test digits), measured once at the end")
     height: int = Field(32, ge=8, le=256, description="line height in pixels (the model's input height)")
     max_chars: int = Field(12, ge=1, le=64, description="longest string, separators included")
@@ -128,9 +128,9 @@ class FinetuneSection(_Strict):
                                      "digit was found)")
     strings: str | None = Field(None, description="the labelled folder of the user's strings (images + labels.tsv)")
     n_strings: int = Field(0, ge=0, description="user strings used (training and held out)")
-    n_not_found: int = Field(0, ge=0, description="user images where no digit was found (left out)")
-    val_fraction: float = Field(0.2, ge=0, lt=1, description="share of each class's user digits held out for "
-                                "validation (when every class has enough)")
+    n_not_found: int = Field(0, ge=0, description="user images where no digit (or no line) was found (left out)")
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="share of the user's digits (of each class, when "
+                                "every class has enough) or strings held out for validation")
     user_share: float = Field(0.25, gt=0, lt=1, description="share of the training set made of the user's digits "
                               "or strings (repeated to reach it)")
 

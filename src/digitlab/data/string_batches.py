@@ -79,8 +79,8 @@ class StringSet:
 
     def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, StringTargets]:
         """Strings ``idx``, trimmed to the widest of them: ``(lines in [0, 1], targets)``."""
-        w = _round_width(int(self.widths[idx].max()))
-        s = max(1, int(self.target_lengths[idx].max()))
+        w = _round_width(int(self.widths[idx].max())) if len(idx) else WIDTH_STRIDE
+        s = max(1, int(self.target_lengths[idx].max())) if len(idx) else 1
         return self.lines[idx, :, :, :w], StringTargets(self.targets[idx, :s], self.target_lengths[idx],
                                                         self.widths[idx])
 

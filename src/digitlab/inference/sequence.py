@@ -56,7 +56,6 @@ from digitlab.models.ctc import ALPHABET, CTCDecoding, ctc_beam_decode, ctc_gree
 REASON_NO_DIGITS = "no digits found"
 REASON_UNSURE = "not sure of this string"
 DEFAULT_BATCH = 64
-WIDTH_SPREAD = 1.5  # a batch's widest line is at most this many times its narrowest (plus one line height)
 
 
 class StringReaderError(DigitlabError):
@@ -134,7 +133,7 @@ class OnnxSequenceBackend:
 
 def standardize_lines(batch: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """Prepared lines in [0, 1] -> the model's input: ``(x - mean) / std``, as ``PreprocessSpec.standardize`` does
-    for the synthetic lines in training (NumPy, so the ONNX backend needs no torch)."""
+    for the synthetic lines in training (in NumPy: the ONNX backend's inputs never become torch tensors)."""
     out = batch.astype(np.float32, copy=True)
     out -= np.float32(spec.mean)
     out /= np.float32(spec.std)
@@ -342,13 +341,13 @@ class StringReader:
 
 
 def _width_groups(widths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices of ``widths`` in batches of lines of similar width (sorted; a new batch when full or when a line
-    is over ``WIDTH_SPREAD`` times the batch's first plus one line height), so padding stays small."""
+    """Indices of ``widths`` in batches of lines of the same width (widths are multiples of 4, so real lines
+    share a few dozen): nothing is padded, so a line reads exactly as it does alone. The recurrent layer reads
+    every frame of the batch, and padding read after a line's end changes its backward pass."""
     order = np.argsort(widths, kind="stable")
     groups: list[list[int]] = []
     for j in order.tolist():
-        if not groups or len(groups[-1]) >= batch_size or \
-                widths[j] > WIDTH_SPREAD * widths[groups[-1][0]] + LINE_HEIGHT:
+        if not groups or len(groups[-1]) >= batch_size or widths[j] != widths[groups[-1][0]]:
             groups.append([])
         groups[-1].append(j)
     return groups

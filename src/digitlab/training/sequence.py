@@ -38,6 +38,9 @@ def check_sequence_config(cfg: RunConfig) -> None:
         raise ConfigError(f"model {cfg.model.name!r} reads strings: train.outlier_exposure is for digit classifiers")
     if cfg.train.label_smoothing:
         raise ConfigError(f"model {cfg.model.name!r} reads strings: train.label_smoothing does not apply to CTC")
+    if "input_size" in cfg.model.args:
+        raise ConfigError(f"model {cfg.model.name!r} reads strings: its input height is strings.height "
+                          "(model.args.input_size is set from it)")
 
 
 def string_loader(cfg: RunConfig, images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec, *,
@@ -95,6 +98,8 @@ def score_strings(model: nn.Module, strings: StringSet, spec: PreprocessSpec, *,
     model.eval()
     n = len(strings)
     right, conf, loss = np.zeros(n, bool), np.ones(n), np.zeros(n)
+    if n == 0:
+        return StringScores(right, conf, loss)
     order = torch.argsort(strings.widths, stable=True)
     for idx in order.split(batch_size):
         lines, y = strings.take(idx)
@@ -107,18 +112,24 @@ def score_strings(model: nn.Module, strings: StringSet, spec: PreprocessSpec, *,
         truth = targets_to_text(y.targets, y.target_lengths)
         i = idx.numpy()
         right[i] = [r.text == t for r, t in zip(reads, truth, strict=True)]
-        conf[i] = [math.prod(r.confidences) for r in reads]
+        conf[i] = [math.prod(r.confidences) if r.text else 0.0 for r in reads]  # as the reader: nothing read, no trust
     return StringScores(right, conf, loss)
 
 
-def fit_min_confidence(scores: StringScores, kept_accuracy: float = KEPT_ACCURACY) -> float:
+def fit_min_confidence(scores: StringScores, kept_accuracy: float = KEPT_ACCURACY) -> float | None:
     """The lowest string confidence that keeps the validation strings read right at least ``kept_accuracy`` of
-    the time (0.0 when every threshold does; 1.0 when none does)."""
-    order = np.argsort(-scores.confidence, kind="stable")
-    right = scores.right[order]
+    the time (the reader keeps a string whose confidence is at least this): 0.0 when every threshold does,
+    just above the highest confidence when none does, None for no strings (no policy)."""
+    if not len(scores.right):
+        return None
+    conf = scores.confidence
+    order = np.argsort(-conf, kind="stable")
+    right, sorted_conf = scores.right[order], conf[order]
     acc_kept = np.cumsum(right) / np.arange(1, len(right) + 1)
-    ok = np.flatnonzero(acc_kept >= kept_accuracy)
+    # a threshold keeps whole groups of equal confidence: only the last string of each group is a place to cut
+    cut = np.r_[sorted_conf[1:] < sorted_conf[:-1], True]
+    ok = np.flatnonzero((acc_kept >= kept_accuracy) & cut)
     if not len(ok):
-        return 1.0
-    last = ok[-1]  # keep the strings up to the last prefix that is still accurate enough
-    return 0.0 if last == len(right) - 1 else float(scores.confidence[order][last])
+        return float(min(np.nextafter(sorted_conf[0], np.inf), 1.0))
+    last = ok[-1]  # keep the strings up to the last cut that is still accurate enough
+    return 0.0 if last == len(right) - 1 else float(sorted_conf[last])

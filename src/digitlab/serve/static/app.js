@@ -321,9 +321,10 @@
     const plural = (n) => `${n} ${noun}${n === 1 ? "" : "s"}`;
     labelEl.className = "";
     labelEl.textContent = String(data.text);
-    // A mean that includes digits not read would vouch for them: the confidence is shown only for a whole read.
-    const mean = digits.length ? digits.reduce((s, d) => s + (d.confidence || 0), 0) / digits.length : NaN;
-    confidenceEl.textContent = digits.length && !nRejected ? `${percent(mean)} mean` : "";
+    // A confidence that includes digits not read would vouch for them: it is shown only for a whole read. The
+    // string's own confidence (the product of its characters', what the reader rejects on), not their mean.
+    confidenceEl.textContent = digits.length && !nRejected && Number.isFinite(data.confidence)
+      ? percent(data.confidence) : "";
     showWhy(nRejected ? `? = not read (${nRejected} of ${plural(digits.length)})` : null);
     digitsEl.replaceChildren(...digits.map((d) => {
       const li = document.createElement("li");
