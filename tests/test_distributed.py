@@ -196,3 +196,20 @@ def test_sync_batchnorm_is_refused_on_cpu_in_one_line() -> None:
     cfg = config_from_recipe("default", ["train.sync_batchnorm=true"])
     with pytest.raises(ConfigError, match="sync_batchnorm needs CUDA"):  # before any collective or run directory
         _setup_torch(cfg, None, None, torch.nn.BatchNorm2d(4), Dist(0, 2, 0), torch.device("cpu"))
+
+
+def test_a_string_model_trains_data_parallel(tmp_path: Path) -> None:
+    # The CTC branch of the loop under two gloo ranks: each rank its share of every batch of strings, the
+    # validation strings scored by share and summed; the run directory as one process writes it.
+    sets = ["model.args.channels=[8,16,16,16]", "model.args.hidden_size=16", "model.args.num_layers=1",
+            "strings.per_epoch=64", "strings.val=33", "strings.test=16", "train.batch_size=32",
+            "data.train_subset=1000", "data.n_val=300", "data.synthetic_styles=0", "train.epochs=1"]
+    cmd = [sys.executable, "-m", "digitlab", "train", "--recipe", "strings", "--out", str(tmp_path), "--quiet",
+           "--nproc", "2", *(a for s in sets for a in ("--set", s))]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode == 0, done.stderr
+    (run,) = tmp_path.iterdir()
+    assert json.loads((run / "model.json").read_text())["kind"] == "sequence"
+    assert (run / "reading.json").is_file()
+    results = json.loads((run / "results.json").read_text())
+    assert results["world_size"] == 2 and results["n_test"] == 16
