@@ -50,6 +50,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
+from digitlab.core.rundir import RunDir
 from digitlab.data.preprocess import PreprocessSpec
 from digitlab.inference.formats import HUB_CONFIG, META_MODEL
 from digitlab.inference.sequence import StringReader
@@ -711,7 +712,7 @@ def is_string_model(path: str | os.PathLike[str]) -> bool:
             meta = {m.key: m.value for m in onnx.load(str(p), load_external_data=False).metadata_props}
             text = meta.get(META_MODEL, "{}")
         else:
-            text = next((f.read_text(encoding="utf-8") for f in (p / "model.json", p / HUB_CONFIG) if f.is_file()),
+            text = next((f.read_text(encoding="utf-8") for f in (p / RunDir.MODEL_JSON, p / HUB_CONFIG) if f.is_file()),
                         "{}")
         return json.loads(text).get("kind") == "sequence"
     except Exception:  # unreadable or foreign: not a string model (the loader then says what is wrong)
