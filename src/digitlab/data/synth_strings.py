@@ -39,7 +39,7 @@ INK = 0.2  # a column or row with more ink than this counts as inked (extents, t
 CHUNK = 1024  # strings rendered at once: bounds memory to a few (CHUNK x height x width) floats
 DOT, COMMA, DASH, SLASH = (ALPHABET.index(c) for c in ".,-/")
 LONG_DASH = len(ALPHABET)  # internal glyph kind: a trailing dash, drawn long, written as "-"
-SEPARATOR_WEIGHTS = (0.4, 0.25, 0.1, 0.25)  # . , / - : amounts dominate; a slash is what a slanted 1 is misread as
+SEPARATOR_WEIGHTS = (0.35, 0.25, 0.2, 0.2)  # . , / -
 P_DOUBLE_TRAIL = 0.4  # a trailing dash drawn twice, one under the other ("="), as amounts are closed
 
 
@@ -55,12 +55,12 @@ class StringOptions:
     p_trailing: float = 0.15  # one or two long dashes after the string, written "-" (decisions.md#string-generator)
     zero_share: float = 0.15  # extra share of zeros among the digits, as amounts have many
     p_touching: float = 0.35  # neighbours touch or overlap (negative gaps), else they stand apart
-    gap_apart: tuple[float, float] = (0.03, 0.6)  # mean gap per string, when apart (docs/decisions.md#string-generator)
+    gap_apart: tuple[float, float] = (0.03, 0.35)  # mean gap per string, when apart
     gap_touching: tuple[float, float] = (-0.15, -0.03)  # mean gap per string, when touching (overlap)
     gap_jitter: float = 0.05  # per character, around the string's mean gap
     p_space: float = 0.1  # a wide space between two groups
-    scale_jitter: float = 0.15  # per character height, +- this share
-    baseline_jitter: float = 0.08  # per character, +- this share of the height
+    scale_jitter: float = 0.08  # per character height, +- this share
+    baseline_jitter: float = 0.04  # per character, +- this share of the height
     slant: float = 0.3  # per string shear, +- this (x per y)
     p_small_zeros: float = 0.08  # the string's zeros are drawn at half the line height
     p_underline: float = 0.12
