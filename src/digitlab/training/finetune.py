@@ -32,10 +32,10 @@ FINETUNE_EPOCHS = 3
 LR_FACTOR = 0.1  # of the init recipe's (peak) learning rate
 MNIST_DIGITS = 10_000  # MNIST training digits mixed with the user's, at most (so it does not forget)
 # A string model's fine-tuning (docs/decisions.md#string-fine-tuning): synthetic strings keep it from forgetting.
-STRING_EPOCHS = 4
-STRING_LR_FACTOR = 0.25
+STRING_EPOCHS = 8
+STRING_LR_FACTOR = 0.5
 STRINGS_PER_EPOCH = 4096  # strings per epoch, the user's included
-STRING_USER_SHARE = 0.5  # of every epoch's strings are the user's (repeated)
+STRING_USER_SHARE = 0.75  # of every epoch's strings are the user's (repeated)
 STRINGS_VAL = 500  # synthetic validation strings, beside the user's held-out ones
 
 
