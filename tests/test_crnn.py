@@ -233,14 +233,3 @@ def test_onnx_export_matches_torch_at_other_batches_and_widths(exported, batch: 
         want = model(x).numpy()
     assert got.shape == want.shape == (batch, width // WIDTH_STRIDE, 15)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
-
-
-def test_training_a_sequence_model_is_refused_in_one_line(tmp_path) -> None:
-    """The training loop does not take sequence targets yet: a clear refusal before any run directory exists."""
-    from digitlab.core.config import ConfigError
-    from digitlab.training import config_from_recipe, train_run
-
-    cfg = config_from_recipe("fast", ["model.name=crnn", "model.args={}"])
-    with pytest.raises(ConfigError, match="reads lines of digits"):
-        train_run(cfg, out_root=tmp_path, show_progress=False)
-    assert not any(tmp_path.iterdir())

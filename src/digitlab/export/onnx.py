@@ -137,10 +137,6 @@ def export_onnx(run: str | os.PathLike[str], out: str | os.PathLike[str] | None 
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset}: digitlab exports opset {MIN_OPSET} or newer")
     rundir = RunDir.open(run)
-    cfg = _run_config(rundir)
-    if run_info(rundir).kind == "sequence":
-        return _export_sequence(rundir, out, opset=opset, quantize=quantize, say=say, force=force)
-    predictor = load_torch_predictor(rundir.path)
     target = Path(out) if out is not None else default_onnx_path(rundir.path)
     if target.is_dir():  # --out FOLDER means FOLDER/model.onnx
         target = target / HUB_ONNX
@@ -148,6 +144,11 @@ def export_onnx(run: str | os.PathLike[str], out: str | os.PathLike[str] | None 
     if out is not None:  # before any work
         for path in (target, int8_path(target)) if quantize is not None else (target,):
             check_output(path, force=force)
+    cfg = _run_config(rundir)
+    if run_info(rundir).kind == "sequence":
+        return _export_sequence(rundir, target, opset=opset, quantize=quantize, say=say, replace=replace,
+                                record=out is None)
+    predictor = load_torch_predictor(rundir.path)
     # INT8 cannot be calibrated without training images, so only then is a download worth it.
     data = _load_data(predictor, cfg, download=quantize is not None, say=say)
     if data is None and quantize is not None:
@@ -215,8 +216,8 @@ def run_info(run: RunDir) -> ModelInfo:
         raise ExportError(str(e)) from None
 
 
-def _export_sequence(rundir: RunDir, out: str | os.PathLike[str] | None, *, opset: int, quantize: str | None,
-                     say: Callable[[str], None], force: bool) -> dict[str, Any]:
+def _export_sequence(rundir: RunDir, target: Path, *, opset: int, quantize: str | None,
+                     say: Callable[[str], None], replace: bool, record: bool) -> dict[str, Any]:
     """``export_onnx`` for a string model: input ``(N, 1, H, W)`` standardised lines, output ``ONNX_LOG_PROBS``
     ``(N, W / 4, C)``, batch and width dynamic (TorchScript exporter: it keeps the LSTM's width symbolic), the
     model description and the reading policy in the metadata; parity at two batch sizes and widths."""
@@ -226,11 +227,6 @@ def _export_sequence(rundir: RunDir, out: str | os.PathLike[str] | None, *, opse
         raise ExportError(f"{rundir.path}: a string model exports in float32 only (INT8 covers the digit classifiers)")
     reader = StringReader.from_path(rundir.path, backend="torch", device="cpu")
     model = reader.backend.model  # type: ignore[attr-defined]
-    target = Path(out) if out is not None else default_onnx_path(rundir.path)
-    if target.is_dir():
-        target = target / HUB_ONNX
-    if out is not None:
-        check_output(target, force=force)
     say(f"exporting {reader.info.name} (a string model) to ONNX (opset {opset}, dynamic batch and width)")
     start = time.perf_counter()
     h, w = reader.height, int((reader.info.args.get("input_size") or (0, 128))[1])
@@ -260,7 +256,7 @@ def _export_sequence(rundir: RunDir, out: str | os.PathLike[str] | None, *, opse
         if len(dims) != 4 or not dims[3].dim_param:
             raise ExportError(f"the exported graph's {value.name!r} has a fixed width; a string model reads any width")
     inputs = "random lines (" + ", ".join(f"{n} x {w}" for n, w in SEQUENCE_PARITY) + " px)"
-    with atomic_path(target, overwrite=force or out is None) as tmp:
+    with atomic_path(target, overwrite=replace) as tmp:
         onnx.save_model(proto, str(tmp))
         parity = _sequence_parity(tmp, reader, inputs=inputs)  # on the temp file: a failure is never renamed in
     say(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB, {time.perf_counter() - start:.1f} s); parity with "
@@ -278,7 +274,7 @@ def _export_sequence(rundir: RunDir, out: str | os.PathLike[str] | None, *, opse
         "detector": False,
         "int8": None,
     }
-    if out is None:
+    if record:
         atomic_write_text(rundir.path / EXPORT_DIR / RECORD, json.dumps(result, indent=2) + "\n")
     return result
 
