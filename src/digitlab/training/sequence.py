@@ -21,6 +21,7 @@ from digitlab.models.ctc import ctc_greedy_decode, ctc_loss, targets_to_text
 
 READING_FILE = "reading.json"  # the reader's policy: {"min_confidence": float}
 KEPT_ACCURACY = 0.99  # strings kept are read right this often (docs/decisions.md#string-rejection)
+MIN_POLICY_STRINGS = 100  # a fine-tune fits its reading policy on the user's held-out strings from this many
 EVAL_BATCH = 256  # strings per evaluation batch (sorted by width, so padding stays small)
 
 

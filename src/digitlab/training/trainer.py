@@ -71,6 +71,7 @@ from digitlab.training.finetune import FinetuneError, load_init_weights
 from digitlab.training.optim import build_optimizer, build_scheduler
 from digitlab.training.sequence import (
     KEPT_ACCURACY,
+    MIN_POLICY_STRINGS,
     READING_FILE,
     check_sequence_config,
     ctc_loss_sum,
@@ -527,6 +528,7 @@ class _TorchSetup:
     ema: AveragedModel | None
     n_params: int
     val_strings: StringSet | None = None  # a string model's validation strings (its loader makes fresh ones)
+    user_val: StringSet | None = None  # a fine-tune's held-out user strings (also in val_strings)
 
     @property
     def reads_strings(self) -> bool:
@@ -569,7 +571,7 @@ def _setup_torch(cfg: RunConfig, split: Split, spec: PreprocessSpec, model: nn.M
     sched = build_scheduler(opt, cfg.schedule, steps_per_epoch=len(loader), n_epochs=t.epochs)
     ema = AveragedModel(model, multi_avg_fn=ema_update(t.ema_decay), use_buffers=True) if t.ema_decay else None
     return _TorchSetup(model, net, amp, loader, outliers, n_out, opt, sched, ema, count_parameters(model),
-                       val_strings)
+                       val_strings, user_val if user_val is not None and len(user_val) else None)
 
 
 def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: PreprocessSpec, setup: _TorchSetup,
@@ -712,7 +714,11 @@ def _train_torch(cfg: RunConfig, run: RunDir, ds: Dataset, split: Split, spec: P
     test_acc, errors, n_test = None, None, 0
     if setup.reads_strings:
         assert setup.val_strings is not None
-        val_scores = score_strings(eval_model, setup.val_strings, spec, device=device, amp=amp)
+        # A fine-tune's policy is fitted on the user's held-out strings when there are enough: the synthetic ones
+        # are read far more surely than the user's, and a threshold fitted on them rejects nearly all of the user's.
+        policy_strings = setup.user_val if setup.user_val is not None and len(setup.user_val) >= MIN_POLICY_STRINGS \
+            else setup.val_strings
+        val_scores = score_strings(eval_model, policy_strings, spec, device=device, amp=amp)
         run.write_json(READING_FILE, {"min_confidence": fit_min_confidence(val_scores),
                                       "kept_accuracy": KEPT_ACCURACY, "n_val": len(val_scores.right)})
         if evaluate_test and cfg.strings.test:
