@@ -54,6 +54,7 @@ import torch
 from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_realworld import realworld_dir
 from digitlab.core.fileio import atomic_path
 from digitlab.data.loading import load_dataset
 from digitlab.inference import Predictor
@@ -68,7 +69,6 @@ from strings_sets import (
     StringSet,
     composed_set,
     orand_set,
-    realworld_dir,
     score,
     synthetic_set,
 )

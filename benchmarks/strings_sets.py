@@ -5,7 +5,6 @@ Usage (from a script in benchmarks/): ``from strings_sets import composed_set, s
 """
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,15 +44,6 @@ class StringSet:
 
     def __len__(self) -> int:
         return len(self.items)
-
-
-def realworld_dir() -> Path:
-    """``$DIGITLAB_REALWORLD_DIR``, else ``$DIGITLAB_DATA_DIR/realworld``, else ``../shared/data/realworld``."""
-    env = os.environ.get("DIGITLAB_REALWORLD_DIR")
-    if env:
-        return Path(env)
-    data = os.environ.get("DIGITLAB_DATA_DIR")
-    return Path(data) / "realworld" if data else Path(__file__).resolve().parents[2] / "shared/data/realworld"
 
 
 def composed_set(name: str, images: np.ndarray, labels: np.ndarray, n: int, length: int, seed: int) -> StringSet:

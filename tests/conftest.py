@@ -162,6 +162,17 @@ def assert_one_line_error(result, needle: str) -> None:
     assert "Traceback" not in result.output and not result.stdout
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (tiny models gain nothing from more; a busy machine loses)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 SMALL_CNN = ["data.train_subset=5000", "data.n_val=200", "train.batch_size=64", "train.eval_batch_size=500",
              "model.args={blocks: [{filters: 8, pool_first: true, batch_norm: true}, "
              "{filters: 16, pool_first: true, batch_norm: true}], dense: []}"]

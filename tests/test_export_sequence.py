@@ -23,13 +23,7 @@ from digitlab.models import create_model, make_config
 TINY = {"channels": [8, 16, 16], "hidden_size": 16, "num_layers": 1}
 SPEC = PreprocessSpec(mean=0.1307, std=0.3081, dataset="mnist")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is fastest
 
 
 @pytest.fixture(scope="module")
