@@ -105,15 +105,14 @@ def prepare_finetune_strings(init: str | os.PathLike[str], strings: str | os.Pat
                                    f"needs at least {MIN_STRINGS}")
     # Stored as 8-bit in the run (user_strings.safetensors): trained at that precision from the start, so a
     # resumed run sees exactly the same lines.
-    images = {folder.files[i]: np.round(lines[i].image * 255) / 255 for i in found}
     folder = LabelledStrings(folder.path, [folder.files[i] for i in found], [folder.texts[i] for i in found],
-                             [images[folder.files[i]] for i in found])
+                             [np.round(lines[i].image * 255) / 255 for i in found])  # grays: the prepared lines
     cfg = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(
         update={"n_strings": len(folder), "n_not_found": len(not_found)})})
     train_part, val_part = split_strings(folder, cfg.finetune.val_fraction, cfg.seed)
 
     def prepared(part: Any) -> Any:
-        lines = [np.asarray(image, np.float32) for image in part.grays]  # already prepared above
+        lines = [np.asarray(line, np.float32) for line in part.grays]
         targets, lengths = text_to_targets(part.texts)
         if not lines:  # no held-out strings: an empty set of the right shape
             return make_string_set(torch.zeros(0, 1, cfg.strings.height, 4), targets, lengths,

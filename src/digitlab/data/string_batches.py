@@ -170,25 +170,21 @@ class StringBatches:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _chunk(self, epoch: int, k: int, size: int) -> tuple[torch.Tensor, StringTargets]:
-        """Chunk ``k`` of ``epoch``: ``size`` strings in [0, 1] and their targets (synthetic, then the user's)."""
+    def _chunk(self, epoch: int, k: int, size: int) -> StringSet:
+        """Chunk ``k`` of ``epoch``: ``size`` strings (synthetic, then the user's)."""
         seed = int(np.random.SeedSequence([self.seed, epoch, k]).generate_state(1)[0])
         n_user = round(size * self.user_share) if self.user is not None else 0
         with _one_thread():
             batch, widths, targets, lengths, _ = synthetic_strings(
                 self.images, self.labels, size - n_user, seed=seed, height=self.height, max_chars=self.max_chars,
                 options=self.options)
+        chunk = StringSet(batch, widths, targets, lengths)
         if n_user:
             assert self.user is not None
-            gen = torch.Generator().manual_seed(seed)
-            pick = torch.randint(len(self.user), (n_user,), generator=gen)
-            u_lines, u_y = self.user.take(pick)
-            w = max(batch.shape[-1], u_lines.shape[-1])
-            s = max(targets.shape[1], u_y.targets.shape[1])
-            batch = torch.cat([_pad_last(batch, w), _pad_last(u_lines, w)])
-            targets = torch.cat([_pad_last(targets, s), _pad_last(u_y.targets, s)])
-            widths, lengths = torch.cat([widths, u_y.widths]), torch.cat([lengths, u_y.target_lengths])
-        return batch, StringTargets(targets, lengths, widths)
+            pick = torch.randint(len(self.user), (n_user,), generator=torch.Generator().manual_seed(seed))
+            lines, y = self.user.take(pick)  # trimmed to the widest picked line, not the user's widest
+            chunk = chunk.concat(StringSet(lines, y.widths, y.targets, y.target_lengths))
+        return chunk
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, StringTargets]]:
         epoch = self.epoch
@@ -198,16 +194,14 @@ class StringBatches:
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]))
         for k, first in enumerate(range(0, n_batches, per_chunk)):
             n_here = min(per_chunk, n_batches - first)
-            lines, y = self._chunk(epoch, k, n_here * self.batch_size)
-            by_width = torch.argsort(y.widths, stable=True)
+            chunk = self._chunk(epoch, k, n_here * self.batch_size)
+            by_width = torch.argsort(chunk.widths, stable=True)
             batches = by_width.view(n_here, self.batch_size)[torch.randperm(n_here, generator=gen)]
             for idx in batches:
                 if self.world_size > 1:
                     idx = idx.tensor_split(self.world_size)[self.rank]
-                w = _round_width(int(y.widths[idx].max()))
-                s = max(1, int(y.target_lengths[idx].max()))
-                x = self.spec.standardize(lines[idx, :, :, :w].to(self.device))  # indexing copied it
-                yield x, StringTargets(y.targets[idx, :s], y.target_lengths[idx], y.widths[idx]).to(self.device)
+                lines, y = chunk.take(idx)
+                yield self.spec.standardize(lines.to(self.device)), y.to(self.device)  # indexing copied the lines
 
 
 def _pad_last(t: torch.Tensor, size: int) -> torch.Tensor:
